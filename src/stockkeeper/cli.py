@@ -1,0 +1,110 @@
+"""Command line: `stockkeeper serve` and `stockkeeper token create`."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import tempfile
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import click
+
+from stockkeeper.cache import DEFAULT_CACHE_URL, ping_cache
+from stockkeeper.domain import Role, StockkeeperError
+from stockkeeper.service import Inventory
+from stockkeeper.store import DEFAULT_DATABASE_URL
+
+T = TypeVar("T")
+
+database_option = click.option(
+    "--database",
+    "database_url",
+    envvar="STOCKKEEPER_DATABASE_URL",
+    default=DEFAULT_DATABASE_URL,
+    show_default=True,
+    help="postgresql://… or sqlite:///path (also STOCKKEEPER_DATABASE_URL).",
+)
+
+
+def _run(op: Callable[[], Awaitable[T]]) -> T:
+    """Run one async step; a database or cache fault becomes a one-line error and exit 1."""
+    try:
+        return asyncio.run(op())
+    except (StockkeeperError, ValueError, OSError) as error:
+        raise click.ClickException(
+            str(error).splitlines()[0] if str(error) else repr(error)
+        ) from None
+
+
+@click.group()
+@click.version_option(package_name="stockkeeper")
+def main() -> None:
+    """stockkeeper: inventory that never oversells."""
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
+@database_option
+@click.option(
+    "--cache",
+    "cache_url",
+    envvar="STOCKKEEPER_CACHE_URL",
+    default=DEFAULT_CACHE_URL,
+    show_default=True,
+    help="memory:// (in-process) or redis://host:port/db (also STOCKKEEPER_CACHE_URL).",
+)
+def serve(host: str, port: int, workers: int, database_url: str, cache_url: str) -> None:
+    """Serve the HTTP API. Creates or upgrades the schema first."""
+
+    async def prepare() -> str | None:
+        await ping_cache(cache_url)
+        async with await Inventory.open(database_url, pool_size=1) as inventory:
+            return await inventory.create_first_admin_token()
+
+    first_token = _run(prepare)
+    if first_token is not None:
+        click.echo("stockkeeper: first start on an empty database; the admin token (shown once):")
+        click.echo(first_token)
+    sys.stdout.flush()
+
+    os.environ["STOCKKEEPER_DATABASE_URL"] = database_url
+    os.environ["STOCKKEEPER_CACHE_URL"] = cache_url
+    if workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        # One /metrics for all workers; must be set before any worker imports prometheus_client.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="stockkeeper-metrics-")
+
+    from granian import Granian
+    from granian.constants import Interfaces
+
+    Granian(
+        "stockkeeper.http.app:create_app",
+        factory=True,
+        address=host,
+        port=port,
+        interface=Interfaces.ASGI,
+        workers=workers,
+        log_access=False,
+    ).serve()
+
+
+@main.group()
+def token() -> None:
+    """Manage bearer tokens."""
+
+
+@token.command("create")
+@click.argument("name")
+@click.option("--role", required=True, type=click.Choice(["reader", "clerk", "admin"]))
+@database_option
+def token_create(name: str, role: str, database_url: str) -> None:
+    """Create a token for NAME and print it alone on stdout (only its hash is stored)."""
+
+    async def create() -> str:
+        async with await Inventory.open(database_url, pool_size=1) as inventory:
+            return await inventory.create_token(name, Role.parse(role))
+
+    click.echo(_run(create))

@@ -1,0 +1,344 @@
+"""Items, changes, principals and the errors of stockkeeper.
+
+Pure: nothing here knows of a database, a cache or HTTP, so every layer (and every embedding
+application) shares one meaning of "valid" and one set of error codes.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+QUANTITY_MAX = 1_000_000
+ON_HAND_MAX = 1_000_000_000_000
+ORDER_LINES_MAX = 100
+TEXT_CHARS_MAX = 255
+AUDIT_PAGE_LIMIT_MAX = 1000
+
+_SKU = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]{1,255}")
+
+
+class Role(enum.IntEnum):
+    """Ordered so that a higher role includes every right of a lower one."""
+
+    READER = 1
+    CLERK = 2
+    ADMIN = 3
+
+    @classmethod
+    def parse(cls, name: str) -> Role:
+        try:
+            return cls[name.upper()]
+        except KeyError:
+            raise ValueError(f"unknown role {name!r}: use reader, clerk or admin") from None
+
+
+class Reason(enum.StrEnum):
+    PURCHASE = "purchase"
+    RESTOCK = "restock"
+    ORDER = "order"
+    SET = "set"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    name: str
+    role: Role
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    sku: str
+    on_hand: int
+    version: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"sku": self.sku, "on_hand": self.on_hand, "version": self.version}
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One committed change of one SKU: the state it produced and its audit entry's id."""
+
+    sku: str
+    delta: int
+    on_hand: int
+    version: int
+    audit_id: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "sku": self.sku,
+            "delta": self.delta,
+            "on_hand": self.on_hand,
+            "version": self.version,
+            "audit_id": self.audit_id,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Change:
+        return cls(data["sku"], data["delta"], data["on_hand"], data["version"], data["audit_id"])
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """What a write returns: its changes in request order, and whether it was a replay."""
+
+    changes: tuple[Change, ...]
+    replayed: bool = False
+
+    @property
+    def change(self) -> Change:
+        assert len(self.changes) == 1, "a single-SKU write produces exactly one change"
+        return self.changes[0]
+
+    @property
+    def created(self) -> bool:
+        """A `set` that created its item produced version 1."""
+        return len(self.changes) == 1 and self.changes[0].version == 1
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    id: int
+    sku: str
+    version: int
+    delta: int
+    on_hand: int
+    user: str
+    on_behalf_of: str | None
+    reason: Reason
+    idempotency_key: str | None
+    at: datetime
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "sku": self.sku,
+            "version": self.version,
+            "delta": self.delta,
+            "on_hand": self.on_hand,
+            "user": self.user,
+            "on_behalf_of": self.on_behalf_of,
+            "reason": self.reason.value,
+            "idempotency_key": self.idempotency_key,
+            "at": format_timestamp(self.at),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class AuditPage:
+    entries: tuple[AuditEntry, ...]
+    next_after_version: int | None
+
+    @classmethod
+    def from_fetched(cls, entries: list[AuditEntry], limit: int) -> AuditPage:
+        """`entries` were fetched with one row over `limit`, which only says a next page exists."""
+        if len(entries) > limit:
+            return cls(tuple(entries[:limit]), entries[limit - 1].version)
+        return cls(tuple(entries), None)
+
+
+@dataclass(frozen=True, slots=True)
+class OrderLine:
+    sku: str
+    quantity: int
+
+
+@dataclass(frozen=True, slots=True)
+class LineChange:
+    """One line of a write as the store applies it: add `delta`, or set `on_hand` outright."""
+
+    sku: str
+    delta: int = 0
+    set_to: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    """A validated write, ready for a store: every line commits with its audit entry, or none."""
+
+    reason: Reason
+    lines: tuple[LineChange, ...]
+    user: str
+    on_behalf_of: str | None = None
+    idempotency_key: str | None = None
+    request_hash: bytes = b""
+
+
+def format_timestamp(at: datetime) -> str:
+    """RFC 3339, UTC, always with microseconds."""
+    return at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+# --- errors -------------------------------------------------------------------------------
+
+
+class StockkeeperError(Exception):
+    """Base of every error the service raises on purpose; `code` is API.md's stable code."""
+
+    code: str = "error"
+
+    def details(self) -> dict[str, Any]:
+        """Extra machine-readable fields of the error, beside its code."""
+        return {}
+
+
+@dataclass(frozen=True, slots=True)
+class FieldError:
+    field: str
+    message: str
+
+
+class InvalidRequest(StockkeeperError):
+    code = "invalid_request"
+
+    def __init__(self, errors: list[FieldError]) -> None:
+        assert errors, "an invalid request names at least one field"
+        self.errors = errors
+        super().__init__("; ".join(f"{e.field}: {e.message}" for e in errors))
+
+    def details(self) -> dict[str, Any]:
+        return {"errors": [{"field": e.field, "message": e.message} for e in self.errors]}
+
+
+class UnknownSku(StockkeeperError):
+    code = "unknown_sku"
+
+    def __init__(self, sku: str) -> None:
+        self.sku = sku
+        super().__init__(f"no item with sku {sku!r}")
+
+    def details(self) -> dict[str, Any]:
+        return {"sku": self.sku}
+
+
+@dataclass(frozen=True, slots=True)
+class Shortage:
+    sku: str
+    requested: int
+    available: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"sku": self.sku, "requested": self.requested, "available": self.available}
+
+
+class InsufficientStock(StockkeeperError):
+    """Not enough on hand for one or more lines; nothing changed."""
+
+    code = "insufficient_stock"
+
+    def __init__(self, shortages: list[Shortage], *, is_order: bool = False) -> None:
+        assert shortages, "an insufficient-stock error names at least one shortage"
+        self.shortages = shortages
+        self.is_order = is_order
+        first = shortages[0]
+        self.sku, self.requested, self.available = first.sku, first.requested, first.available
+        super().__init__(
+            ", ".join(
+                f"{s.sku}: requested {s.requested}, available {s.available}" for s in shortages
+            )
+        )
+
+    def details(self) -> dict[str, Any]:
+        fields: dict[str, Any] = self.shortages[0].to_json()
+        if self.is_order:
+            fields["shortages"] = [s.to_json() for s in self.shortages]
+        return fields
+
+
+class IdempotencyKeyReused(StockkeeperError):
+    code = "idempotency_key_reused"
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        super().__init__(f"idempotency key {key!r} was already used with another request")
+
+
+class Unavailable(StockkeeperError):
+    """The database did not answer, or a transaction could not finish; nothing changed."""
+
+    code = "unavailable"
+
+
+class Unauthenticated(StockkeeperError):
+    code = "unauthenticated"
+
+
+class Forbidden(StockkeeperError):
+    code = "forbidden"
+
+
+# --- validation ---------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Checks:
+    """Collects every field error of one request, so a caller learns all of them at once."""
+
+    errors: list[FieldError] = field(default_factory=list)
+
+    def fail(self, name: str, message: str) -> None:
+        self.errors.append(FieldError(name, message))
+
+    def sku(self, name: str, value: object) -> str:
+        if not isinstance(value, str) or not _SKU.fullmatch(value):
+            self.fail(name, "must be 1-64 characters of A-Z a-z 0-9 . _ -")
+            return ""
+        return value
+
+    def integer(self, name: str, value: object, low: int, high: int) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.fail(name, f"must be an integer from {low} to {high}")
+            return 0
+        if not low <= value <= high:
+            self.fail(name, f"must be an integer from {low} to {high}")
+            return 0
+        return value
+
+    def quantity(self, name: str, value: object) -> int:
+        return self.integer(name, value, 1, QUANTITY_MAX)
+
+    def optional_text(self, name: str, value: object) -> str | None:
+        if value is None:
+            return None
+        if not isinstance(value, str) or not _PRINTABLE_ASCII.fullmatch(value):
+            self.fail(name, f"must be 1-{TEXT_CHARS_MAX} printable ASCII characters")
+            return None
+        return value
+
+    def raise_if_any(self) -> None:
+        if self.errors:
+            raise InvalidRequest(self.errors)
+
+
+def check_order_lines(checks: Checks, lines: object) -> list[OrderLine]:
+    """Validate an order's lines: 1-100 of them, each SKU once."""
+    if not isinstance(lines, list | tuple) or not lines:
+        checks.fail("lines", f"must be a list of 1 to {ORDER_LINES_MAX} lines")
+        return []
+    if len(lines) > ORDER_LINES_MAX:
+        checks.fail("lines", f"must have at most {ORDER_LINES_MAX} lines")
+        return []
+    parsed: list[OrderLine] = []
+    seen: set[str] = set()
+    for i, line in enumerate(lines):
+        where = f"lines[{i}]"
+        if isinstance(line, OrderLine):
+            line = {"sku": line.sku, "quantity": line.quantity}
+        if not isinstance(line, dict):
+            checks.fail(where, "must be an object with sku and quantity")
+            continue
+        for unknown in sorted(set(line) - {"sku", "quantity"}):
+            checks.fail(f"{where}.{unknown}", "unknown field")
+        sku = checks.sku(f"{where}.sku", line.get("sku"))
+        quantity = checks.quantity(f"{where}.quantity", line.get("quantity"))
+        if sku and sku in seen:
+            checks.fail(f"{where}.sku", f"duplicate sku {sku!r}: each sku may appear once")
+        seen.add(sku)
+        parsed.append(OrderLine(sku, quantity))
+    return parsed

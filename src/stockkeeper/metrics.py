@@ -1,0 +1,48 @@
+"""Prometheus metrics of one stockkeeper process (or of all workers, in multiprocess mode)."""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+CACHE_REQUESTS = Counter(
+    "stockkeeper_cache_requests_total", "Item reads, by whether the cache answered.", ["result"]
+)
+REQUEST_DURATION = Histogram(
+    "stockkeeper_request_duration_seconds",
+    "Time to answer an HTTP request, by route template.",
+    ["route"],
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+STOCK_CHANGES = Counter(
+    "stockkeeper_stock_changes_total",
+    "Write requests, by outcome (applied, replayed, or the error code).",
+    ["outcome"],
+)
+VISIBILITY_LAG = Histogram(
+    "stockkeeper_visibility_lag_seconds",
+    "From a change's commit to this server being able to serve it.",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+)
+TRANSACTION_RETRIES = Counter(
+    "stockkeeper_transaction_retries_total",
+    "Transactions run again after a transient fault, by fault.",
+    ["reason"],
+)
+
+
+def exposition() -> tuple[bytes, str]:
+    """The text to serve at /metrics: every worker's figures when multiprocess mode is on."""
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(), CONTENT_TYPE_LATEST

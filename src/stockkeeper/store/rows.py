@@ -1,0 +1,28 @@
+"""Row shapes shared by the backends, so both read the audit log the same way."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from stockkeeper.domain import AuditEntry, Reason
+
+AUDIT_COLUMNS = (
+    "id, sku, version, delta, on_hand, user_name, on_behalf_of, reason, idempotency_key, at"
+)
+
+
+def audit_entry(row: Mapping[str, Any], at: datetime) -> AuditEntry:
+    return AuditEntry(
+        id=row["id"],
+        sku=row["sku"],
+        version=row["version"],
+        delta=row["delta"],
+        on_hand=row["on_hand"],
+        user=row["user_name"],
+        on_behalf_of=row["on_behalf_of"],
+        reason=Reason(row["reason"]),
+        idempotency_key=row["idempotency_key"],
+        at=at,
+    )

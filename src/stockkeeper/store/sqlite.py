@@ -1,0 +1,392 @@
+"""Embedded SQLite store: the default, so `stockkeeper serve` runs with nothing installed.
+
+sqlite3 blocks, so each connection lives on its own thread. One connection writes (every write
+transaction is BEGIN IMMEDIATE, which also serialises writers across `--workers` processes),
+one reads, so a read never sees the writer's uncommitted rows. WAL lets them run side by side;
+synchronous=FULL because an acknowledged purchase must survive a power cut.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import sqlite3
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from stockkeeper.domain import (
+    AuditPage,
+    Item,
+    Principal,
+    Receipt,
+    Role,
+    Unavailable,
+    Write,
+)
+from stockkeeper.retry import RetryPolicy, retrying
+from stockkeeper.store.rows import AUDIT_COLUMNS, audit_entry
+from stockkeeper.store.writes import apply_write
+
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_MS = 5_000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS stockkeeper_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS items (
+    sku TEXT PRIMARY KEY,
+    on_hand INTEGER NOT NULL CONSTRAINT on_hand_never_negative CHECK (on_hand >= 0),
+    version INTEGER NOT NULL CHECK (version >= 1)
+);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    sku TEXT NOT NULL REFERENCES items (sku),
+    version INTEGER NOT NULL,
+    delta INTEGER NOT NULL,
+    on_hand INTEGER NOT NULL CHECK (on_hand >= 0),
+    user_name TEXT NOT NULL,
+    on_behalf_of TEXT,
+    reason TEXT NOT NULL CHECK (reason IN ('purchase', 'restock', 'order', 'set')),
+    idempotency_key TEXT,
+    at TEXT NOT NULL,
+    UNIQUE (sku, version)
+);
+CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: UPDATE rejected'); END;
+CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: DELETE rejected'); END;
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    user_name TEXT NOT NULL,
+    key TEXT NOT NULL,
+    request_hash BLOB NOT NULL,
+    response BLOB,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (user_name, key)
+);
+CREATE INDEX IF NOT EXISTS idempotency_keys_by_age ON idempotency_keys (created_at);
+CREATE TABLE IF NOT EXISTS tokens (
+    hash BLOB PRIMARY KEY,
+    name TEXT NOT NULL,
+    role TEXT NOT NULL CHECK (role IN ('reader', 'clerk', 'admin')),
+    created_at REAL NOT NULL
+);
+"""
+
+
+def _transient(error: BaseException) -> str | None:
+    if isinstance(error, sqlite3.OperationalError) and error.sqlite_errorcode in (
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+    ):
+        return "busy"
+    return None
+
+
+class _Connection:
+    """One sqlite3 connection and the one thread allowed to use it."""
+
+    def __init__(self, path: str) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stockkeeper-sqlite")
+        self._path = path
+        self.conn: sqlite3.Connection | None = None
+
+    async def open(self) -> None:
+        def connect() -> sqlite3.Connection:
+            conn = sqlite3.connect(
+                self._path,
+                isolation_level=None,
+                check_same_thread=False,
+                timeout=BUSY_TIMEOUT_MS / 1000,
+            )
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            return conn
+
+        try:
+            self.conn = await self.run(connect)
+        except sqlite3.Error as error:
+            raise Unavailable(f"cannot open database {self._path}: {error}") from error
+
+    async def run(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    async def execute(self, sql: str, *params: Any) -> list[sqlite3.Row]:
+        conn = self.conn
+        assert conn is not None, "open() first"
+        return await self.run(lambda: conn.execute(sql, params).fetchall())
+
+    async def first(self, sql: str, *params: Any) -> sqlite3.Row | None:
+        rows = await self.execute(sql, *params)
+        return rows[0] if rows else None
+
+    async def close(self) -> None:
+        if self.conn is not None:
+            await self.run(self.conn.close)
+        self._executor.shutdown(wait=True)
+
+
+class _SqliteTx:
+    def __init__(self, db: _Connection) -> None:
+        self._db = db
+
+    async def claim_key(
+        self, user: str, key: str, request_hash: bytes
+    ) -> tuple[bytes, bytes] | None:
+        claimed = await self._db.first(
+            "INSERT INTO idempotency_keys (user_name, key, request_hash, created_at) "
+            "VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING 1",
+            user,
+            key,
+            request_hash,
+            time.time(),
+        )
+        if claimed is not None:
+            return None
+        row = await self._db.first(
+            "SELECT request_hash, response FROM idempotency_keys WHERE user_name = ? AND key = ?",
+            user,
+            key,
+        )
+        assert row is not None and row["response"] is not None, "a committed key has its answer"
+        return bytes(row["request_hash"]), bytes(row["response"])
+
+    async def save_response(self, user: str, key: str, response: bytes) -> None:
+        await self._db.execute(
+            "UPDATE idempotency_keys SET response = ? WHERE user_name = ? AND key = ?",
+            response,
+            user,
+            key,
+        )
+
+    async def create_item(self, sku: str, on_hand: int) -> bool:
+        created = await self._db.first(
+            "INSERT INTO items (sku, on_hand, version) VALUES (?, ?, 1) "
+            "ON CONFLICT DO NOTHING RETURNING 1",
+            sku,
+            on_hand,
+        )
+        return created is not None
+
+    async def lock_item(self, sku: str) -> int:
+        # BEGIN IMMEDIATE already holds the database's write lock: a read is enough.
+        on_hand = await self.on_hand(sku)
+        assert on_hand is not None, "items are never deleted"
+        return on_hand
+
+    async def lock_items(self, skus: list[str]) -> dict[str, int]:
+        marks = ", ".join("?" * len(skus))
+        rows = await self._db.execute(
+            f"SELECT sku, on_hand FROM items WHERE sku IN ({marks}) ORDER BY sku", *skus
+        )
+        return {row["sku"]: row["on_hand"] for row in rows}
+
+    async def set_on_hand(self, sku: str, on_hand: int) -> Item:
+        row = await self._db.first(
+            "UPDATE items SET on_hand = ?, version = version + 1 WHERE sku = ? "
+            "RETURNING on_hand, version",
+            on_hand,
+            sku,
+        )
+        assert row is not None, "set_on_hand follows lock_item"
+        return Item(sku, row["on_hand"], row["version"])
+
+    async def take(self, sku: str, quantity: int) -> Item | None:
+        row = await self._db.first(
+            "UPDATE items SET on_hand = on_hand - ?, version = version + 1 "
+            "WHERE sku = ? AND on_hand >= ? RETURNING on_hand, version",
+            quantity,
+            sku,
+            quantity,
+        )
+        return None if row is None else Item(sku, row["on_hand"], row["version"])
+
+    async def add(self, sku: str, quantity: int) -> Item | None:
+        row = await self._db.first(
+            "UPDATE items SET on_hand = on_hand + ?, version = version + 1 "
+            "WHERE sku = ? RETURNING on_hand, version",
+            quantity,
+            sku,
+        )
+        return None if row is None else Item(sku, row["on_hand"], row["version"])
+
+    async def on_hand(self, sku: str) -> int | None:
+        row = await self._db.first("SELECT on_hand FROM items WHERE sku = ?", sku)
+        return None if row is None else int(row["on_hand"])
+
+    async def insert_audit(self, write: Write, rows: list[tuple[Item, int]]) -> list[int]:
+        at = datetime.now(UTC).isoformat()
+        ids = []
+        for item, delta in rows:
+            row = await self._db.first(
+                "INSERT INTO audit (sku, version, delta, on_hand, user_name, on_behalf_of, reason, "
+                "idempotency_key, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                item.sku,
+                item.version,
+                delta,
+                item.on_hand,
+                write.user,
+                write.on_behalf_of,
+                write.reason.value,
+                write.idempotency_key,
+                at,
+            )
+            assert row is not None
+            ids.append(int(row["id"]))
+        return ids
+
+
+class SqliteStore:
+    def __init__(self, path: str, retry: RetryPolicy) -> None:
+        self._path = path
+        self._retry = retry
+        self._writer = _Connection(path)
+        self._reader = _Connection(path)
+        self._write_lock = asyncio.Lock()
+        self._token_key: bytes | None = None
+
+    @classmethod
+    async def connect(cls, path: str, *, retry: RetryPolicy | None = None) -> SqliteStore:
+        if path != ":memory:" and not Path(path).parent.is_dir():
+            raise Unavailable(f"cannot open database {path}: no such directory")
+        store = cls(path, retry or RetryPolicy())
+        await store._writer.open()
+        await store._reader.open()
+        return store
+
+    async def _in_tx(self, op: Callable[[_SqliteTx], Any]) -> Any:
+        async def attempt() -> Any:
+            async with self._write_lock:
+                await self._writer.execute("BEGIN IMMEDIATE")
+                try:
+                    result = await op(_SqliteTx(self._writer))
+                except BaseException:
+                    await self._writer.execute("ROLLBACK")
+                    raise
+                await self._writer.execute("COMMIT")
+                return result
+
+        return await retrying(attempt, _transient, self._retry)
+
+    async def migrate(self) -> None:
+        async def run(tx: _SqliteTx) -> None:
+            await self._writer.run(lambda: _run_script(self._writer, _SCHEMA))
+            await self._writer.execute(
+                "INSERT INTO stockkeeper_meta (key, value) VALUES "
+                "('schema_version', ?), ('token_key', ?) ON CONFLICT (key) DO NOTHING",
+                str(SCHEMA_VERSION),
+                secrets.token_hex(32),
+            )
+
+        await self._in_tx(run)
+
+    async def get_item(self, sku: str) -> Item | None:
+        row = await self._reader.first("SELECT on_hand, version FROM items WHERE sku = ?", sku)
+        return None if row is None else Item(sku, row["on_hand"], row["version"])
+
+    async def write(self, write: Write) -> Receipt:
+        result: Receipt = await self._in_tx(lambda tx: apply_write(tx, write))
+        return result
+
+    async def audit_page(self, sku: str, after_version: int, limit: int) -> AuditPage:
+        rows = await self._reader.execute(
+            f"SELECT {AUDIT_COLUMNS} FROM audit WHERE sku = ? AND version > ? "
+            "ORDER BY version LIMIT ?",
+            sku,
+            after_version,
+            limit + 1,
+        )
+        return AuditPage.from_fetched(
+            [audit_entry(row, datetime.fromisoformat(row["at"])) for row in rows], limit
+        )
+
+    async def token_key(self) -> bytes:
+        if self._token_key is None:
+            row = await self._reader.first(
+                "SELECT value FROM stockkeeper_meta WHERE key = 'token_key'"
+            )
+            assert row is not None, "migrate() creates the token key"
+            self._token_key = bytes.fromhex(row["value"])
+        return self._token_key
+
+    async def find_principal(self, token_hash: bytes) -> Principal | None:
+        row = await self._reader.first("SELECT name, role FROM tokens WHERE hash = ?", token_hash)
+        return None if row is None else Principal(row["name"], Role.parse(row["role"]))
+
+    async def add_token(self, token_hash: bytes, principal: Principal) -> None:
+        async def run(tx: _SqliteTx) -> None:
+            await self._writer.execute(
+                "INSERT INTO tokens (hash, name, role, created_at) VALUES (?, ?, ?, ?)",
+                token_hash,
+                principal.name,
+                principal.role.name.lower(),
+                time.time(),
+            )
+
+        await self._in_tx(run)
+
+    async def add_first_admin(self, token_hash: bytes, name: str) -> bool:
+        async def run(tx: _SqliteTx) -> bool:
+            if await self._writer.first("SELECT 1 FROM tokens LIMIT 1"):
+                return False
+            await self._writer.execute(
+                "INSERT INTO tokens (hash, name, role, created_at) VALUES (?, ?, 'admin', ?)",
+                token_hash,
+                name,
+                time.time(),
+            )
+            return True
+
+        created: bool = await self._in_tx(run)
+        return created
+
+    async def purge_idempotency_keys(self, older_than_s: int) -> int:
+        async def run(tx: _SqliteTx) -> int:
+            conn = self._writer.conn
+            assert conn is not None
+            return await self._writer.run(
+                lambda: (
+                    conn.execute(
+                        "DELETE FROM idempotency_keys WHERE created_at < ?",
+                        (time.time() - older_than_s,),
+                    ).rowcount
+                )
+            )
+
+        purged: int = await self._in_tx(run)
+        return purged
+
+    async def ping(self) -> None:
+        try:
+            await self._reader.execute("SELECT 1")
+        except sqlite3.Error as error:
+            raise Unavailable(f"database unreachable: {error}") from error
+
+    async def close(self) -> None:
+        await self._reader.close()
+        await self._writer.close()
+
+
+def _run_script(db: _Connection, script: str) -> None:
+    """executescript() would COMMIT our open transaction; run the statements one by one."""
+    conn = db.conn
+    assert conn is not None
+    for statement in _split_statements(script):
+        conn.execute(statement)
+
+
+def _split_statements(script: str) -> list[str]:
+    statements, current = [], ""
+    for line in script.splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            statements.append(current.strip())
+            current = ""
+    assert not current.strip(), "the schema ends with a complete statement"
+    return statements
