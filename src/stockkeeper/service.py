@@ -21,6 +21,8 @@ from stockkeeper.domain import (
     ON_HAND_MAX,
     AuditPage,
     Checks,
+    FieldError,
+    InvalidRequest,
     Item,
     LineChange,
     OrderLine,
@@ -83,7 +85,7 @@ class Inventory:
     # --- reads ------------------------------------------------------------------------------
 
     async def read(self, sku: str, *, min_version: int | None = None) -> ItemRead:
-        """The one read path. `min_version` is met trivially while every read is a database read."""
+        """The one read path: the answer's version is at least `min_version`, or an error."""
         checks = Checks()
         checks.sku("sku", sku)
         if min_version is not None:
@@ -93,6 +95,11 @@ class Inventory:
         metrics.CACHE_REQUESTS.labels(result="miss").inc()
         if item is None:
             raise UnknownSku(sku)
+        if min_version is not None and item.version < min_version:
+            # The database is the newest truth: a version it has not reached never committed.
+            raise InvalidRequest(
+                [FieldError("min_version", f"ahead of the newest committed version {item.version}")]
+            )
         return ItemRead(item, cache_hit=False)
 
     async def get_stock(self, sku: str, *, min_version: int | None = None) -> Item:

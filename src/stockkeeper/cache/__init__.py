@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
+from stockkeeper.domain import Unavailable
+
 DEFAULT_CACHE_URL = "memory://"
 CACHE_SCHEMES = ("memory://", "redis://", "rediss://", "unix://")
 
@@ -25,10 +27,13 @@ async def ping_cache(url: str) -> None:
     if url.startswith("memory://"):
         return
     import redis.asyncio as redis
+    from redis.exceptions import RedisError
 
     client = redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
     try:
         await client.ping()
+    except RedisError as error:
+        raise Unavailable(f"cache unreachable at {url}: {error}") from error
     finally:
         await client.aclose()
 

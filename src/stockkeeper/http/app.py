@@ -23,7 +23,9 @@ from stockkeeper import failpoints, metrics
 from stockkeeper.cache import DEFAULT_CACHE_URL, cache_probes
 from stockkeeper.domain import (
     Checks,
+    FieldError,
     Forbidden,
+    InvalidRequest,
     Receipt,
     Role,
     StockkeeperError,
@@ -142,18 +144,16 @@ def _change_response(receipt: Receipt, body: dict[str, Any], status: int = 200) 
     return _json(status, body, headers)
 
 
+_INTEGER = re.compile(r"-?[0-9]{1,19}")
+
+
 def _query_int(query: dict[str, str], name: str, default: int | None) -> int | None:
     raw = query.get(name)
     if raw is None:
         return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise HttpProblem(
-            "invalid_request",
-            f"{name} must be an integer",
-            errors=[{"field": name, "message": "must be an integer"}],
-        ) from None
+    if not _INTEGER.fullmatch(raw):
+        raise InvalidRequest([FieldError(name, "must be an integer written in ASCII digits")])
+    return int(raw)
 
 
 class App:

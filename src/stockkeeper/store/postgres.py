@@ -182,12 +182,13 @@ class _PgTx:
         )
         return None if row is None else Item(sku, row["on_hand"], row["version"])
 
-    async def add(self, sku: str, quantity: int) -> Item | None:
+    async def add(self, sku: str, quantity: int, ceiling: int) -> Item | None:
         row = await self._conn.fetchrow(
             "UPDATE items SET on_hand = on_hand + $2, version = version + 1 "
-            "WHERE sku = $1 RETURNING on_hand, version",
+            "WHERE sku = $1 AND on_hand <= $3::bigint - $2::bigint RETURNING on_hand, version",
             sku,
             quantity,
+            ceiling,
         )
         return None if row is None else Item(sku, row["on_hand"], row["version"])
 
@@ -238,6 +239,8 @@ class PostgresStore:
             )
         except _UNREACHABLE as error:
             raise Unavailable(f"database unreachable: {error}") from error
+        except asyncpg.PostgresError as error:
+            raise Unavailable(f"database refused the connection: {error}") from error
         return cls(pool, retry or RetryPolicy())
 
     async def _with_conn(self, op: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:

@@ -45,8 +45,8 @@ class Tx(Protocol):
         """Decrement only if on_hand >= quantity, as one statement; None if it did not."""
         ...
 
-    async def add(self, sku: str, quantity: int) -> Item | None:
-        """Increment; None if there is no such item."""
+    async def add(self, sku: str, quantity: int, ceiling: int) -> Item | None:
+        """Increment unless on_hand would pass `ceiling`; None if it did not."""
         ...
 
     async def on_hand(self, sku: str) -> int | None: ...

@@ -60,6 +60,12 @@ CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
     BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: UPDATE rejected'); END;
 CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
     BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: DELETE rejected'); END;
+-- REPLACE deletes the clashing row without firing the DELETE trigger: refuse the clash first.
+CREATE TRIGGER IF NOT EXISTS audit_no_replace BEFORE INSERT ON audit
+    WHEN EXISTS (
+        SELECT 1 FROM audit WHERE id = NEW.id OR (sku = NEW.sku AND version = NEW.version)
+    )
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: REPLACE rejected'); END;
 CREATE TABLE IF NOT EXISTS idempotency_keys (
     user_name TEXT NOT NULL,
     key TEXT NOT NULL,
@@ -207,12 +213,14 @@ class _SqliteTx:
         )
         return None if row is None else Item(sku, row["on_hand"], row["version"])
 
-    async def add(self, sku: str, quantity: int) -> Item | None:
+    async def add(self, sku: str, quantity: int, ceiling: int) -> Item | None:
         row = await self._db.first(
             "UPDATE items SET on_hand = on_hand + ?, version = version + 1 "
-            "WHERE sku = ? RETURNING on_hand, version",
+            "WHERE sku = ? AND on_hand <= ? - ? RETURNING on_hand, version",
             quantity,
             sku,
+            ceiling,
+            quantity,
         )
         return None if row is None else Item(sku, row["on_hand"], row["version"])
 

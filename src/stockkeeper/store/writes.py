@@ -13,9 +13,12 @@ import orjson
 
 from stockkeeper import failpoints
 from stockkeeper.domain import (
+    ON_HAND_MAX,
     Change,
+    FieldError,
     IdempotencyKeyReused,
     InsufficientStock,
+    InvalidRequest,
     Item,
     Reason,
     Receipt,
@@ -66,13 +69,18 @@ async def _change_stock(tx: Tx, write: Write) -> list[tuple[Item, int]]:
     is_order = write.reason is Reason.ORDER
     if len(write.lines) == 1:
         line = write.lines[0]
-        item = await (
-            tx.add(line.sku, line.delta) if line.delta > 0 else tx.take(line.sku, -line.delta)
-        )
+        if line.delta > 0:
+            item = await tx.add(line.sku, line.delta, ON_HAND_MAX)
+        else:
+            item = await tx.take(line.sku, -line.delta)
         if item is None:
             available = await tx.on_hand(line.sku)
             if available is None:
                 raise UnknownSku(line.sku)
+            if line.delta > 0:
+                raise InvalidRequest(
+                    [FieldError("quantity", f"would raise on_hand above {ON_HAND_MAX}")]
+                )
             raise InsufficientStock([Shortage(line.sku, -line.delta, available)], is_order=is_order)
         return [(item, line.delta)]
 

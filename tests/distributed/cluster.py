@@ -1,0 +1,122 @@
+"""Several real `stockkeeper serve` processes sharing one PostgreSQL schema."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import httpx
+
+from tests.conftest import POSTGRES_URL
+
+STARTUP_S_MAX = 30.0
+TOKEN = re.compile(r"^sk_\S+$", re.MULTILINE)
+
+
+def stockkeeper_bin() -> str:
+    found = shutil.which("stockkeeper", path=str(Path(sys.executable).parent))
+    assert found is not None, "install the package first: pip install -e '.[test]'"
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _admin_sql(sql: str) -> None:
+    async def run() -> None:
+        conn = await asyncpg.connect(POSTGRES_URL)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
+@dataclass
+class Cluster:
+    urls: list[str]
+    database_url: str
+    admin_token: str
+    clerk_token: str
+
+    def headers(self, token: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token}"}
+
+
+def _wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + STARTUP_S_MAX
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}: {log.read_text()}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"server at {url} not ready after {STARTUP_S_MAX}s: {log.read_text()}")
+
+
+@contextmanager
+def running_cluster(tmp: Path, servers: int, env: dict[str, str] | None = None) -> Iterator[Cluster]:
+    """Start `servers` processes on one fresh schema; stop them and drop it afterwards."""
+    schema = f"sk_dist_{uuid.uuid4().hex[:12]}"
+    _admin_sql(f"CREATE SCHEMA {schema}")
+    database_url = f"{POSTGRES_URL}?search_path={schema}"
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        urls, admin_token = [], None
+        for n in range(servers):
+            port = free_port()
+            log = tmp / f"server-{n}.log"
+            out = tmp / f"server-{n}.out"
+            process = subprocess.Popen(
+                [stockkeeper_bin(), "serve", "--port", str(port), "--database", database_url],
+                stdout=out.open("wb"),
+                stderr=log.open("wb"),
+                env={**os.environ, **(env or {})},
+            )
+            processes.append(process)
+            url = f"http://127.0.0.1:{port}"
+            _wait_ready(url, process, log)
+            urls.append(url)
+            printed = TOKEN.findall(out.read_text())
+            if n == 0:
+                assert len(printed) == 1, "the first start prints the admin token once"
+                admin_token = printed[0]
+            else:
+                assert not printed, "only the first start prints an admin token"
+        clerk = subprocess.run(
+            [stockkeeper_bin(), "token", "create", "shop", "--role", "clerk", "--database", database_url],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        assert admin_token is not None
+        yield Cluster(urls, database_url, admin_token, clerk)
+    finally:
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+        for process in processes:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        _admin_sql(f"DROP SCHEMA {schema} CASCADE")
