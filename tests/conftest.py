@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,9 +48,9 @@ def sqlite_url(tmp_path: Path) -> str:
 
 
 @pytest.fixture(params=BACKENDS)
-def database_url(request: pytest.FixtureRequest) -> Iterator[str]:
+def database_url(request: pytest.FixtureRequest) -> str:
     """The same contract test runs once per backend."""
-    yield request.getfixturevalue(f"{request.param}_url")
+    return str(request.getfixturevalue(f"{request.param}_url"))
 
 
 @pytest.fixture

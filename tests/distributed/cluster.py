@@ -56,9 +56,6 @@ class Cluster:
     admin_token: str
     clerk_token: str
 
-    def headers(self, token: str) -> dict[str, str]:
-        return {"Authorization": f"Bearer {token}"}
-
 
 def _wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
     deadline = time.monotonic() + STARTUP_S_MAX
@@ -75,7 +72,9 @@ def _wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
 
 
 @contextmanager
-def running_cluster(tmp: Path, servers: int, env: dict[str, str] | None = None) -> Iterator[Cluster]:
+def running_cluster(
+    tmp: Path, servers: int, env: dict[str, str] | None = None
+) -> Iterator[Cluster]:
     """Start `servers` processes on one fresh schema; stop them and drop it afterwards."""
     schema = f"sk_dist_{uuid.uuid4().hex[:12]}"
     _admin_sql(f"CREATE SCHEMA {schema}")
@@ -104,7 +103,15 @@ def running_cluster(tmp: Path, servers: int, env: dict[str, str] | None = None) 
             else:
                 assert not printed, "only the first start prints an admin token"
         clerk = subprocess.run(
-            [stockkeeper_bin(), "token", "create", "shop", "--role", "clerk", "--database", database_url],
+            [
+                stockkeeper_bin(),
+                "token",
+                "create",
+                "shop",
+                "--role",
+                "clerk",
+                *("--database", database_url),
+            ],
             check=True,
             capture_output=True,
             text=True,

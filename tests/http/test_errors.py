@@ -331,6 +331,16 @@ for name, (call, fields) in {
     "audit-unknown-sku-bad-limit": (get("/v1/items/NOPE/audit?limit=0", ADMIN), ("limit",)),
 }.items():
     invalid(f"422-{name}", call, *fields)
+# The answer's version must be >= min_version: a version the database never reached is refused.
+invalid("422-get-min-version-ahead", get("/v1/items/A-1?min_version=2"), "min_version")
+case(
+    "422-restock-above-on-hand-max",
+    restock("A-1", 1),
+    422,
+    "invalid_request",
+    fields=("quantity",),
+    before=(put("A-1", 10**12),),
+)
 
 # --- 422 idempotency_key_reused -----------------------------------------------------------------
 
