@@ -84,6 +84,10 @@ class Client:
             body = await response.json(content_type=None)
             return Answer(response.status, body, response.headers.copy())
 
+    async def text(self, url: str) -> str:
+        async with self._session.get(url) as response:
+            return await response.text()
+
 
 def http_purchase(client: Client, cluster: Cluster, sku: str) -> Callable[[int], Awaitable[str]]:
     """An attempt that buys one `sku` over HTTP, from the servers in turn."""
