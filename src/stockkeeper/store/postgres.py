@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
 
 import asyncpg
 
@@ -26,6 +26,7 @@ from stockkeeper.domain import (
 )
 from stockkeeper.retry import RetryPolicy, retrying
 from stockkeeper.store.rows import AUDIT_COLUMNS, audit_entry
+from stockkeeper.store.sql_tx import SqlTx
 from stockkeeper.store.writes import apply_write
 
 T = TypeVar("T")
@@ -106,106 +107,37 @@ async def _rollback_if_open(conn: asyncpg.Connection) -> None:
         await conn.execute("ROLLBACK")
 
 
-class _PgTx:
+class _PgStatements:
     def __init__(self, conn: asyncpg.Connection) -> None:
-        self._conn = conn
+        self.conn = conn
 
-    async def claim_key(
-        self, user: str, key: str, request_hash: bytes
-    ) -> tuple[bytes, bytes] | None:
-        # ON CONFLICT waits for a concurrent transaction holding the same key: if it commits, we
-        # replay its answer; if it rolls back, the key is ours.
-        claimed = await self._conn.fetchval(
-            "INSERT INTO idempotency_keys (user_name, key, request_hash) VALUES ($1, $2, $3) "
-            "ON CONFLICT DO NOTHING RETURNING true",
-            user,
-            key,
-            request_hash,
-        )
-        if claimed:
-            return None
-        row = await self._conn.fetchrow(
-            "SELECT request_hash, response FROM idempotency_keys WHERE user_name = $1 AND key = $2",
-            user,
-            key,
-        )
-        assert row is not None and row["response"] is not None, "a committed key has its answer"
-        return bytes(row["request_hash"]), bytes(row["response"])
+    async def fetch(self, sql: str, *args: Any) -> list[Mapping[str, Any]]:
+        return list(await self.conn.fetch(sql, *args))
 
-    async def save_response(self, user: str, key: str, response: bytes) -> None:
-        await self._conn.execute(
-            "UPDATE idempotency_keys SET response = $3 WHERE user_name = $1 AND key = $2",
-            user,
-            key,
-            response,
-        )
+    async def first(self, sql: str, *args: Any) -> Mapping[str, Any] | None:
+        row: Mapping[str, Any] | None = await self.conn.fetchrow(sql, *args)
+        return row
 
-    async def create_item(self, sku: str, on_hand: int) -> bool:
-        created = await self._conn.fetchval(
-            "INSERT INTO items (sku, on_hand, version) VALUES ($1, $2, 1) "
-            "ON CONFLICT DO NOTHING RETURNING true",
-            sku,
-            on_hand,
-        )
-        return bool(created)
 
-    async def lock_item(self, sku: str) -> int:
-        on_hand = await self._conn.fetchval(
-            "SELECT on_hand FROM items WHERE sku = $1 FOR UPDATE", sku
-        )
-        assert on_hand is not None, "items are never deleted"
-        return int(on_hand)
-
+class _PgTx(SqlTx):
     async def lock_items(self, skus: list[str]) -> dict[str, int]:
         # ORDER BY sits below the row-locking step, so rows are locked in this order.
-        rows = await self._conn.fetch(
+        rows = await self.db.fetch(
             "SELECT sku, on_hand FROM items WHERE sku = ANY($1::text[]) ORDER BY sku FOR UPDATE",
             skus,
         )
         return {row["sku"]: row["on_hand"] for row in rows}
 
-    async def set_on_hand(self, sku: str, on_hand: int) -> Item:
-        row = await self._conn.fetchrow(
-            "UPDATE items SET on_hand = $2, version = version + 1 WHERE sku = $1 "
-            "RETURNING on_hand, version",
-            sku,
-            on_hand,
-        )
-        return Item(sku, row["on_hand"], row["version"])
-
-    async def take(self, sku: str, quantity: int) -> Item | None:
-        row = await self._conn.fetchrow(
-            "UPDATE items SET on_hand = on_hand - $2, version = version + 1 "
-            "WHERE sku = $1 AND on_hand >= $2 RETURNING on_hand, version",
-            sku,
-            quantity,
-        )
-        return None if row is None else Item(sku, row["on_hand"], row["version"])
-
-    async def add(self, sku: str, quantity: int, ceiling: int) -> Item | None:
-        row = await self._conn.fetchrow(
-            "UPDATE items SET on_hand = on_hand + $2, version = version + 1 "
-            "WHERE sku = $1 AND on_hand <= $3::bigint - $2::bigint RETURNING on_hand, version",
-            sku,
-            quantity,
-            ceiling,
-        )
-        return None if row is None else Item(sku, row["on_hand"], row["version"])
-
-    async def on_hand(self, sku: str) -> int | None:
-        value = await self._conn.fetchval("SELECT on_hand FROM items WHERE sku = $1", sku)
-        return None if value is None else int(value)
-
     async def insert_audit(self, write: Write, rows: list[tuple[Item, int]]) -> list[int]:
         # clock_timestamp(), not now(): now() is when the transaction began, which may be long
         # before it won the row lock; this is as close to the commit as SQL can see.
-        records = await self._conn.fetch(
+        records = await self.db.fetch(
             "INSERT INTO audit (sku, version, delta, on_hand, user_name, on_behalf_of, reason, "
             "idempotency_key, at) "
             "SELECT sku, version, delta, on_hand, $5, $6, $7, $8, clock_timestamp() "
             "FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[]) "
             "WITH ORDINALITY AS line (sku, version, delta, on_hand, n) ORDER BY n "
-            "RETURNING id",
+            "RETURNING id, sku",
             [item.sku for item, _ in rows],
             [item.version for item, _ in rows],
             [delta for _, delta in rows],
@@ -215,7 +147,9 @@ class _PgTx:
             write.reason.value,
             write.idempotency_key,
         )
-        return [record["id"] for record in records]
+        # RETURNING promises no order; a write names each SKU once, so map by SKU.
+        ids = {record["sku"]: record["id"] for record in records}
+        return [ids[item.sku] for item, _ in rows]
 
 
 class PostgresStore:
@@ -286,7 +220,7 @@ class PostgresStore:
         return None if row is None else Item(sku, row["on_hand"], row["version"])
 
     async def write(self, write: Write) -> Receipt:
-        return await self._in_tx(lambda conn: apply_write(_PgTx(conn), write))
+        return await self._in_tx(lambda conn: apply_write(_PgTx(_PgStatements(conn)), write))
 
     async def audit_page(self, sku: str, after_version: int, limit: int) -> AuditPage:
         rows = await self._with_conn(

@@ -9,10 +9,12 @@ synchronous=FULL because an acknowledged purchase must survive a power cut.
 from __future__ import annotations
 
 import asyncio
+import functools
+import re
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,12 +31,14 @@ from stockkeeper.domain import (
 )
 from stockkeeper.retry import RetryPolicy, retrying
 from stockkeeper.store.rows import AUDIT_COLUMNS, audit_entry
+from stockkeeper.store.sql_tx import SqlTx
 from stockkeeper.store.writes import apply_write
 
 T = TypeVar("T")
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 5_000
+_DOLLAR_PARAM = re.compile(r"\$(\d+)")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS stockkeeper_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -71,7 +75,7 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
     key TEXT NOT NULL,
     request_hash BLOB NOT NULL,
     response BLOB,
-    created_at REAL NOT NULL,
+    created_at REAL NOT NULL DEFAULT ((julianday('now') - 2440587.5) * 86400.0),
     PRIMARY KEY (user_name, key)
 );
 CREATE INDEX IF NOT EXISTS idempotency_keys_by_age ON idempotency_keys (created_at);
@@ -138,103 +142,41 @@ class _Connection:
         self._executor.shutdown(wait=True)
 
 
-class _SqliteTx:
+class _SqliteStatements:
+    """Runs the shared `$n` SQL as SQLite's numbered `?n` parameters."""
+
     def __init__(self, db: _Connection) -> None:
         self._db = db
 
-    async def claim_key(
-        self, user: str, key: str, request_hash: bytes
-    ) -> tuple[bytes, bytes] | None:
-        claimed = await self._db.first(
-            "INSERT INTO idempotency_keys (user_name, key, request_hash, created_at) "
-            "VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING 1",
-            user,
-            key,
-            request_hash,
-            time.time(),
-        )
-        if claimed is not None:
-            return None
-        row = await self._db.first(
-            "SELECT request_hash, response FROM idempotency_keys WHERE user_name = ? AND key = ?",
-            user,
-            key,
-        )
-        assert row is not None and row["response"] is not None, "a committed key has its answer"
-        return bytes(row["request_hash"]), bytes(row["response"])
+    async def fetch(self, sql: str, *args: Any) -> list[Mapping[str, Any]]:
+        return list(await self._db.execute(_numbered(sql), *args))
 
-    async def save_response(self, user: str, key: str, response: bytes) -> None:
-        await self._db.execute(
-            "UPDATE idempotency_keys SET response = ? WHERE user_name = ? AND key = ?",
-            response,
-            user,
-            key,
-        )
+    async def first(self, sql: str, *args: Any) -> Mapping[str, Any] | None:
+        return await self._db.first(_numbered(sql), *args)
 
-    async def create_item(self, sku: str, on_hand: int) -> bool:
-        created = await self._db.first(
-            "INSERT INTO items (sku, on_hand, version) VALUES (?, ?, 1) "
-            "ON CONFLICT DO NOTHING RETURNING 1",
-            sku,
-            on_hand,
-        )
-        return created is not None
 
-    async def lock_item(self, sku: str) -> int:
-        # BEGIN IMMEDIATE already holds the database's write lock: a read is enough.
-        on_hand = await self.on_hand(sku)
-        assert on_hand is not None, "items are never deleted"
-        return on_hand
+@functools.lru_cache(maxsize=64)
+def _numbered(sql: str) -> str:
+    return _DOLLAR_PARAM.sub(r"?\1", sql)
+
+
+class _SqliteTx(SqlTx):
+    lock_clause = ""
 
     async def lock_items(self, skus: list[str]) -> dict[str, int]:
         marks = ", ".join("?" * len(skus))
-        rows = await self._db.execute(
+        rows = await self.db.fetch(
             f"SELECT sku, on_hand FROM items WHERE sku IN ({marks}) ORDER BY sku", *skus
         )
         return {row["sku"]: row["on_hand"] for row in rows}
-
-    async def set_on_hand(self, sku: str, on_hand: int) -> Item:
-        row = await self._db.first(
-            "UPDATE items SET on_hand = ?, version = version + 1 WHERE sku = ? "
-            "RETURNING on_hand, version",
-            on_hand,
-            sku,
-        )
-        assert row is not None, "set_on_hand follows lock_item"
-        return Item(sku, row["on_hand"], row["version"])
-
-    async def take(self, sku: str, quantity: int) -> Item | None:
-        row = await self._db.first(
-            "UPDATE items SET on_hand = on_hand - ?, version = version + 1 "
-            "WHERE sku = ? AND on_hand >= ? RETURNING on_hand, version",
-            quantity,
-            sku,
-            quantity,
-        )
-        return None if row is None else Item(sku, row["on_hand"], row["version"])
-
-    async def add(self, sku: str, quantity: int, ceiling: int) -> Item | None:
-        row = await self._db.first(
-            "UPDATE items SET on_hand = on_hand + ?, version = version + 1 "
-            "WHERE sku = ? AND on_hand <= ? - ? RETURNING on_hand, version",
-            quantity,
-            sku,
-            ceiling,
-            quantity,
-        )
-        return None if row is None else Item(sku, row["on_hand"], row["version"])
-
-    async def on_hand(self, sku: str) -> int | None:
-        row = await self._db.first("SELECT on_hand FROM items WHERE sku = ?", sku)
-        return None if row is None else int(row["on_hand"])
 
     async def insert_audit(self, write: Write, rows: list[tuple[Item, int]]) -> list[int]:
         at = datetime.now(UTC).isoformat()
         ids = []
         for item, delta in rows:
-            row = await self._db.first(
+            row = await self.db.first(
                 "INSERT INTO audit (sku, version, delta, on_hand, user_name, on_behalf_of, reason, "
-                "idempotency_key, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                "idempotency_key, at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
                 item.sku,
                 item.version,
                 delta,
@@ -268,12 +210,12 @@ class SqliteStore:
         await store._reader.open()
         return store
 
-    async def _in_tx(self, op: Callable[[_SqliteTx], Any]) -> Any:
+    async def _in_tx(self, op: Callable[[], Any]) -> Any:
         async def attempt() -> Any:
             async with self._write_lock:
                 await self._writer.execute("BEGIN IMMEDIATE")
                 try:
-                    result = await op(_SqliteTx(self._writer))
+                    result = await op()
                 except BaseException:
                     await self._writer.execute("ROLLBACK")
                     raise
@@ -283,7 +225,7 @@ class SqliteStore:
         return await retrying(attempt, _transient, self._retry)
 
     async def migrate(self) -> None:
-        async def run(tx: _SqliteTx) -> None:
+        async def run() -> None:
             await self._writer.run(lambda: _run_script(self._writer, _SCHEMA))
             await self._writer.execute(
                 "INSERT INTO stockkeeper_meta (key, value) VALUES "
@@ -299,7 +241,9 @@ class SqliteStore:
         return None if row is None else Item(sku, row["on_hand"], row["version"])
 
     async def write(self, write: Write) -> Receipt:
-        result: Receipt = await self._in_tx(lambda tx: apply_write(tx, write))
+        result: Receipt = await self._in_tx(
+            lambda: apply_write(_SqliteTx(_SqliteStatements(self._writer)), write)
+        )
         return result
 
     async def audit_page(self, sku: str, after_version: int, limit: int) -> AuditPage:
@@ -328,7 +272,7 @@ class SqliteStore:
         return None if row is None else Principal(row["name"], Role.parse(row["role"]))
 
     async def add_token(self, token_hash: bytes, principal: Principal) -> None:
-        async def run(tx: _SqliteTx) -> None:
+        async def run() -> None:
             await self._writer.execute(
                 "INSERT INTO tokens (hash, name, role, created_at) VALUES (?, ?, ?, ?)",
                 token_hash,
@@ -340,7 +284,7 @@ class SqliteStore:
         await self._in_tx(run)
 
     async def add_first_admin(self, token_hash: bytes, name: str) -> bool:
-        async def run(tx: _SqliteTx) -> bool:
+        async def run() -> bool:
             if await self._writer.first("SELECT 1 FROM tokens LIMIT 1"):
                 return False
             await self._writer.execute(
@@ -355,7 +299,7 @@ class SqliteStore:
         return created
 
     async def purge_idempotency_keys(self, older_than_s: int) -> int:
-        async def run(tx: _SqliteTx) -> int:
+        async def run() -> int:
             conn = self._writer.conn
             assert conn is not None
             return await self._writer.run(
