@@ -102,7 +102,7 @@ def _transient(error: BaseException) -> str | None:
     return _TRANSIENT.get(type(error))
 
 
-async def _rollback_if_open(conn: asyncpg.Connection) -> None:
+async def rollback_if_open(conn: asyncpg.Connection) -> None:
     if conn.is_in_transaction():
         await conn.execute("ROLLBACK")
 
@@ -167,7 +167,7 @@ class PostgresStore:
                 url,
                 min_size=1,
                 max_size=pool_size,
-                reset=_rollback_if_open,
+                reset=rollback_if_open,
                 command_timeout=30,
                 timeout=5,
             )
