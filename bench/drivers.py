@@ -11,6 +11,7 @@ import os
 import sys
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 import psycopg_pool
@@ -22,7 +23,7 @@ POOL_SIZE = 10
 QUERY = "SELECT on_hand, version FROM {schema}.items WHERE sku = {mark}"
 
 
-async def timed(reads: int, concurrency: int, read_once) -> float:  # noqa: ANN001
+async def timed(reads: int, concurrency: int, read_once: Callable[[], Awaitable[None]]) -> float:
     gate = asyncio.Semaphore(concurrency)
 
     async def one() -> None:
