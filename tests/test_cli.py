@@ -5,10 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import shutil
 import signal
-import socket
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +15,8 @@ import pytest
 
 from stockkeeper.domain import Principal, Role
 from stockkeeper.service import Inventory
+from tests.processes import STOCKKEEPER, free_port
 
-STOCKKEEPER = shutil.which("stockkeeper", path=str(Path(sys.executable).parent)) or "stockkeeper"
 UNREACHABLE_POSTGRES = "postgresql://postgres@127.0.0.1:1/test"
 UNREACHABLE_REDIS = "redis://127.0.0.1:1"
 EXIT_TIMEOUT_S = 20.0
@@ -79,12 +76,6 @@ def assert_one_line_error(result: Run) -> str:
     assert len(lines) == 1, result.stderr
     assert result.stdout == ""
     return lines[0]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def authenticates_as(database_url: str, token: str) -> Principal:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import os
 import sys
 import tempfile
@@ -79,6 +80,10 @@ def serve(host: str, port: int, workers: int, database_url: str, cache_url: str)
 
     from granian import Granian
     from granian.constants import Interfaces
+
+    # Spawned workers import everything afresh: they see PROMETHEUS_MULTIPROC_DIR (a forked one
+    # would keep this process's single-process metrics) and inherit no threads or event loop.
+    multiprocessing.set_start_method("spawn", force=True)
 
     Granian(
         "stockkeeper.http.app:create_app",

@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-import shutil
 import signal
-import socket
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,21 +17,10 @@ import asyncpg
 import httpx
 
 from tests.conftest import POSTGRES_URL
+from tests.processes import STOCKKEEPER, free_port
 
 STARTUP_S_MAX = 30.0
 TOKEN = re.compile(r"^sk_\S+$", re.MULTILINE)
-
-
-def stockkeeper_bin() -> str:
-    found = shutil.which("stockkeeper", path=str(Path(sys.executable).parent))
-    assert found is not None, "install the package first: pip install -e '.[test]'"
-    return found
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _admin_sql(sql: str) -> None:
@@ -72,10 +57,9 @@ def _wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
 
 
 @contextmanager
-def running_cluster(
-    tmp: Path, servers: int, env: dict[str, str] | None = None
-) -> Iterator[Cluster]:
-    """Start `servers` processes on one fresh schema; stop them and drop it afterwards."""
+def running_cluster(tmp: Path, servers: int, workers: int = 1) -> Iterator[Cluster]:
+    """Start `servers` serve commands (of `workers` processes each) on one fresh schema; stop
+    them and drop it afterwards."""
     schema = f"sk_dist_{uuid.uuid4().hex[:12]}"
     _admin_sql(f"CREATE SCHEMA {schema}")
     database_url = f"{POSTGRES_URL}?search_path={schema}"
@@ -86,11 +70,11 @@ def running_cluster(
             port = free_port()
             log = tmp / f"server-{n}.log"
             out = tmp / f"server-{n}.out"
+            command = [STOCKKEEPER, "serve", "--port", str(port), "--workers", str(workers)]
             process = subprocess.Popen(
-                [stockkeeper_bin(), "serve", "--port", str(port), "--database", database_url],
+                [*command, "--database", database_url],
                 stdout=out.open("wb"),
                 stderr=log.open("wb"),
-                env={**os.environ, **(env or {})},
             )
             processes.append(process)
             url = f"http://127.0.0.1:{port}"
@@ -104,7 +88,7 @@ def running_cluster(
                 assert not printed, "only the first start prints an admin token"
         clerk = subprocess.run(
             [
-                stockkeeper_bin(),
+                STOCKKEEPER,
                 "token",
                 "create",
                 "shop",
