@@ -22,7 +22,7 @@ POSTGRES_URL = os.environ.get(
 BACKENDS = ("sqlite", "postgres")
 
 
-async def _admin_execute(sql: str) -> None:
+async def admin_execute(sql: str) -> None:
     conn = await asyncpg.connect(POSTGRES_URL)
     try:
         await conn.execute(sql)
@@ -35,11 +35,11 @@ async def postgres_url() -> AsyncIterator[str]:
     """A URL whose search_path is a fresh schema, dropped afterwards (the audit log is
     append-only, so tests cannot clean it row by row)."""
     schema = f"sk_test_{uuid.uuid4().hex[:12]}"
-    await _admin_execute(f"CREATE SCHEMA {schema}")
+    await admin_execute(f"CREATE SCHEMA {schema}")
     try:
         yield f"{POSTGRES_URL}?search_path={schema}"
     finally:
-        await _admin_execute(f"DROP SCHEMA {schema} CASCADE")
+        await admin_execute(f"DROP SCHEMA {schema} CASCADE")
 
 
 @pytest.fixture

@@ -42,7 +42,7 @@ async def retrying(
             metrics.TRANSACTION_RETRIES.labels(reason=reason).inc()
             if attempt + 1 == policy.attempts_max:
                 raise Unavailable(
-                    f"transaction did not finish after {policy.attempts_max} attempts ({reason})"
+                    f"gave up after {policy.attempts_max} attempts ({reason})"
                 ) from error
             await asyncio.sleep(policy.backoff_s(attempt))
     raise AssertionError("unreachable: the loop returns or raises")

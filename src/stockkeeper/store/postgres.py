@@ -95,10 +95,19 @@ _UNREACHABLE = (
     asyncpg.exceptions.PostgresConnectionError,
     asyncpg.exceptions.InterfaceError,
     asyncpg.exceptions.CannotConnectNowError,
+    # Seen when the server ended the session while the client still thought it idle.
+    asyncpg.exceptions.InternalClientError,
 )
 
 
+class _ConnectionLost(Exception):
+    """The connection broke before COMMIT was sent, so the server rolled the work back: safe to
+    run again (on another connection)."""
+
+
 def _transient(error: BaseException) -> str | None:
+    if isinstance(error, _ConnectionLost):
+        return "connection_lost"
     return _TRANSIENT.get(type(error))
 
 
@@ -177,19 +186,42 @@ class PostgresStore:
             raise Unavailable(f"database refused the connection: {error}") from error
         return cls(pool, retry or RetryPolicy())
 
-    async def _with_conn(self, op: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
-        try:
-            async with self._pool.acquire(timeout=5) as conn:
-                return await op(conn)
-        except _UNREACHABLE as error:
-            raise Unavailable(f"database unreachable: {error}") from error
+    async def _run(self, op: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        """Run `op` on a pooled connection; again, on a fresh one, if the connection breaks."""
+
+        async def attempt() -> T:
+            try:
+                async with self._pool.acquire(timeout=5) as conn:
+                    try:
+                        return await op(conn)
+                    except _UNREACHABLE as error:
+                        raise _ConnectionLost(str(error)) from error
+            except _UNREACHABLE as error:
+                raise Unavailable(f"database unreachable: {error}") from error
+
+        return await retrying(attempt, _transient, self._retry)
 
     async def _in_tx(self, op: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
         async def run(conn: asyncpg.Connection) -> T:
-            async with conn.transaction():
-                return await op(conn)
+            tx = conn.transaction()
+            await tx.start()
+            try:
+                result = await op(conn)
+            except BaseException:
+                if not conn.is_closed():
+                    await tx.rollback()
+                raise
+            try:
+                await tx.commit()
+            except _UNREACHABLE as error:
+                # Not retried: the COMMIT may have landed. A retry with the same Idempotency-Key
+                # settles it either way.
+                raise Unavailable(
+                    f"connection lost during COMMIT, outcome unknown: {error}"
+                ) from error
+            return result
 
-        return await retrying(lambda: self._with_conn(run), _transient, self._retry)
+        return await self._run(run)
 
     async def migrate(self) -> None:
         async def run(conn: asyncpg.Connection) -> None:
@@ -214,7 +246,7 @@ class PostgresStore:
         await self._in_tx(run)
 
     async def get_item(self, sku: str) -> Item | None:
-        row = await self._with_conn(
+        row = await self._run(
             lambda conn: conn.fetchrow("SELECT on_hand, version FROM items WHERE sku = $1", sku)
         )
         return None if row is None else Item(sku, row["on_hand"], row["version"])
@@ -223,7 +255,7 @@ class PostgresStore:
         return await self._in_tx(lambda conn: apply_write(_PgTx(_PgStatements(conn)), write))
 
     async def audit_page(self, sku: str, after_version: int, limit: int) -> AuditPage:
-        rows = await self._with_conn(
+        rows = await self._run(
             lambda conn: conn.fetch(
                 f"SELECT {AUDIT_COLUMNS} FROM audit WHERE sku = $1 AND version > $2 "
                 "ORDER BY version LIMIT $3",
@@ -236,7 +268,7 @@ class PostgresStore:
 
     async def token_key(self) -> bytes:
         if self._token_key is None:
-            value = await self._with_conn(
+            value = await self._run(
                 lambda conn: conn.fetchval(
                     "SELECT value FROM stockkeeper_meta WHERE key = 'token_key'"
                 )
@@ -246,13 +278,13 @@ class PostgresStore:
         return self._token_key
 
     async def find_principal(self, token_hash: bytes) -> Principal | None:
-        row = await self._with_conn(
+        row = await self._run(
             lambda conn: conn.fetchrow("SELECT name, role FROM tokens WHERE hash = $1", token_hash)
         )
         return None if row is None else Principal(row["name"], Role.parse(row["role"]))
 
     async def add_token(self, token_hash: bytes, principal: Principal) -> None:
-        await self._with_conn(
+        await self._run(
             lambda conn: conn.execute(
                 "INSERT INTO tokens (hash, name, role) VALUES ($1, $2, $3)",
                 token_hash,
@@ -274,7 +306,7 @@ class PostgresStore:
         return await self._in_tx(run)
 
     async def purge_idempotency_keys(self, older_than_s: int) -> int:
-        status = await self._with_conn(
+        status = await self._run(
             lambda conn: conn.execute(
                 "DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(secs => $1)",
                 float(older_than_s),
@@ -283,7 +315,7 @@ class PostgresStore:
         return int(status.rsplit(" ", 1)[-1])
 
     async def ping(self) -> None:
-        await self._with_conn(lambda conn: conn.fetchval("SELECT 1"))
+        await self._run(lambda conn: conn.fetchval("SELECT 1"))
 
     async def close(self) -> None:
         await self._pool.close()

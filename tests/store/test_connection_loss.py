@@ -1,0 +1,105 @@
+"""PostgreSQL drops the service's connections (restart, failover, idle kill): work goes on."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import asyncpg
+import pytest
+
+from stockkeeper import failpoints, metrics
+from stockkeeper.domain import Unavailable
+from stockkeeper.service import Inventory
+from tests.conftest import POSTGRES_URL
+
+ROUNDS = 3
+
+
+async def drop_connections(application_name: str) -> None:
+    """Terminate the app's current sessions, and wait until the server has let them go."""
+    conn = await asyncpg.connect(POSTGRES_URL)
+    try:
+        pids = await conn.fetchval(
+            "SELECT array_agg(pid) FROM pg_stat_activity WHERE application_name = $1",
+            application_name,
+        )
+        assert pids, f"no session of {application_name} to drop"
+        await conn.execute("SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) AS pid", pids)
+        for _ in range(250):
+            if not await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1::int[])", pids
+            ):
+                return
+            await asyncio.sleep(0.02)
+        pytest.fail(f"sessions {pids} outlived pg_terminate_backend")
+    finally:
+        await conn.close()
+
+
+def connection_lost_retries() -> float:
+    return metrics.TRANSACTION_RETRIES.labels(reason="connection_lost")._value.get()
+
+
+@contextlib.asynccontextmanager
+async def dropping_inventory(postgres_url: str) -> AsyncIterator[tuple[Inventory, str]]:
+    name = f"sk_{uuid.uuid4().hex[:10]}"
+    async with await Inventory.open(f"{postgres_url}&application_name={name}", pool_size=2) as inv:
+        await inv.set_stock("A-1", 10, user="test")
+        yield inv, name
+
+
+def drop_once(name: str) -> Callable[[], Awaitable[None]]:
+    """A failpoint action that drops the app's connections the first time it is hit."""
+    fired = False
+
+    async def action() -> None:
+        nonlocal fired
+        if not fired:
+            fired = True
+            await drop_connections(name)
+
+    return action
+
+
+async def test_idle_connections_dropped_between_requests(postgres_url: str) -> None:
+    async with dropping_inventory(postgres_url) as (inv, name):
+        for n in range(ROUNDS):
+            await drop_connections(name)
+            assert (await inv.get_stock("A-1")).on_hand == 10 - n
+            await drop_connections(name)
+            receipt = await inv.decrement_stock("A-1", 1, user="test")
+            assert (receipt.change.on_hand, receipt.change.version) == (9 - n, n + 2)
+        page = await inv.audit("A-1")
+    assert [e.version for e in page.entries] == list(range(1, ROUNDS + 2))
+
+
+async def test_connection_dropped_mid_transaction_is_run_again_once(postgres_url: str) -> None:
+    """Before COMMIT the server rolled the work back, so running it again applies it once."""
+    async with dropping_inventory(postgres_url) as (inv, name):
+        retries_before = connection_lost_retries()
+        with failpoints.armed("store.write.before_audit", drop_once(name)):
+            receipt = await inv.decrement_stock("A-1", 1, user="test")
+        assert (receipt.change.on_hand, receipt.change.version) == (9, 2)
+        assert connection_lost_retries() - retries_before == 1
+        page = await inv.audit("A-1")
+    assert [(e.version, e.delta) for e in page.entries] == [(1, 10), (2, -1)]
+
+
+async def test_connection_dropped_at_commit_is_unavailable_and_a_keyed_retry_settles_it(
+    postgres_url: str,
+) -> None:
+    """At COMMIT the outcome is unknown to the client: it is not run again behind its back."""
+    async with dropping_inventory(postgres_url) as (inv, name):
+        with (
+            failpoints.armed("store.write.before_commit", drop_once(name)),
+            pytest.raises(Unavailable, match="outcome unknown"),
+        ):
+            await inv.decrement_stock("A-1", 1, user="test", idempotency_key="k-1")
+        first = await inv.decrement_stock("A-1", 1, user="test", idempotency_key="k-1")
+        again = await inv.decrement_stock("A-1", 1, user="test", idempotency_key="k-1")
+        assert (first.replayed, again.replayed) == (False, True)
+        assert first.changes == again.changes
+        assert (await inv.get_stock("A-1")).on_hand == 9
