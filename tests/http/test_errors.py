@@ -317,6 +317,8 @@ for name, (call, fields) in {
     "get-min-version-0": (get("/v1/items/A-1?min_version=0"), ("min_version",)),
     "get-min-version-negative": (get("/v1/items/A-1?min_version=-1"), ("min_version",)),
     "get-min-version-float": (get("/v1/items/A-1?min_version=1.5"), ("min_version",)),
+    "get-min-version-blank": (get("/v1/items/A-1?min_version="), ("min_version",)),
+    "audit-limit-blank": (get("/v1/items/A-1/audit?limit=", ADMIN), ("limit",)),
     "audit-limit-0": (get("/v1/items/A-1/audit?limit=0", ADMIN), ("limit",)),
     "audit-limit-1001": (get("/v1/items/A-1/audit?limit=1001", ADMIN), ("limit",)),
     "audit-limit-abc": (get("/v1/items/A-1/audit?limit=abc", ADMIN), ("limit",)),

@@ -57,7 +57,7 @@ class Request:
     headers: dict[bytes, bytes] = field(default_factory=dict)
 
     def query(self) -> dict[str, str]:
-        return dict(parse_qsl(self.scope["query_string"].decode("latin-1")))
+        return dict(parse_qsl(self.scope["query_string"].decode("latin-1"), keep_blank_values=True))
 
     async def json_object(self, required: set[str], optional: set[str]) -> dict[str, Any]:
         """The body as a JSON object with exactly the named fields, or a problem."""
