@@ -18,9 +18,11 @@ from referencing.jsonschema import DRAFT202012
 
 from stockkeeper.cache import cache_probes
 from stockkeeper.domain import ON_HAND_MAX, ORDER_LINES_MAX, QUANTITY_MAX, Role
-from stockkeeper.http.app import BODY_BYTES_MAX, ROUTES, App, Route
+from stockkeeper.http.app import App
+from stockkeeper.http.messages import BODY_BYTES_MAX
 from stockkeeper.http.openapi import ROUTER_CODES, SPEC
 from stockkeeper.http.problems import PROBLEM_CONTENT_TYPE, PROBLEMS
+from stockkeeper.http.routes import ROUTES, Route
 from stockkeeper.service import Inventory
 from tests.conftest import Api
 

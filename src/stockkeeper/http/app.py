@@ -10,129 +10,40 @@ import asyncio
 import contextlib
 import logging
 import os
-import re
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl
-
-import orjson
 
 from stockkeeper import failpoints, metrics
 from stockkeeper.cache import DEFAULT_CACHE_URL, cache_probes
 from stockkeeper.domain import (
-    Checks,
-    FieldError,
     Forbidden,
-    InvalidRequest,
     Receipt,
     Role,
     StockkeeperError,
     Unauthenticated,
     Unavailable,
 )
+from stockkeeper.http.messages import (
+    Receive,
+    Request,
+    Response,
+    Scope,
+    Send,
+    json_response,
+    query_int,
+    send_response,
+)
 from stockkeeper.http.problems import PROBLEM_CONTENT_TYPE, HttpProblem, problem_body
+from stockkeeper.http.routes import ROUTES, Route
 from stockkeeper.service import Inventory
 from stockkeeper.store import DEFAULT_DATABASE_URL
 
 log = logging.getLogger("stockkeeper.http")
 
-BODY_BYTES_MAX = 64 * 1024
 IDEMPOTENCY_KEYS_KEPT_S = 25 * 3600  # API.md promises at least 24 hours
 IDEMPOTENCY_PURGE_EVERY_S = 3600
-JSON = b"application/json"
-
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
-
-
-@dataclass(slots=True)
-class Request:
-    scope: Scope
-    receive: Receive
-    params: dict[str, str]
-    principal_name: str = ""
-    headers: dict[bytes, bytes] = field(default_factory=dict)
-
-    def query(self) -> dict[str, str]:
-        return dict(parse_qsl(self.scope["query_string"].decode("latin-1"), keep_blank_values=True))
-
-    async def json_object(self, required: set[str], optional: set[str]) -> dict[str, Any]:
-        """The body as a JSON object with exactly the named fields, or a problem."""
-        declared = self.headers.get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > BODY_BYTES_MAX:
-            raise HttpProblem("body_too_large", f"the body may be at most {BODY_BYTES_MAX} bytes")
-        chunks, size = [], 0
-        while True:
-            message = await self.receive()
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > BODY_BYTES_MAX:
-                raise HttpProblem(
-                    "body_too_large", f"the body may be at most {BODY_BYTES_MAX} bytes"
-                )
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        try:
-            body = orjson.loads(b"".join(chunks))
-        except orjson.JSONDecodeError as error:
-            raise HttpProblem("malformed_json", f"the body is not valid JSON: {error}") from None
-        if not isinstance(body, dict):
-            raise HttpProblem("malformed_json", "the body must be a JSON object")
-        checks = Checks()
-        for name in sorted(set(body) - required - optional):
-            checks.fail(name, "unknown field")
-        for name in sorted(required - set(body)):
-            checks.fail(name, "required")
-        checks.raise_if_any()
-        return body
-
-
-@dataclass(slots=True)
-class Response:
-    status: int
-    body: bytes
-    content_type: bytes = JSON
-    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
-
-
 Handler = Callable[[Request], Awaitable[Response]]
-
-
-@dataclass(frozen=True, slots=True)
-class Route:
-    method: str
-    template: str
-    role: Role | None
-    handler_name: str
-    pattern: re.Pattern[str] = field(init=False, compare=False)
-    timer: Any = field(init=False, compare=False)
-
-    def __post_init__(self) -> None:
-        regex = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", self.template)
-        object.__setattr__(self, "pattern", re.compile(f"^{regex}$"))
-        object.__setattr__(self, "timer", metrics.REQUEST_DURATION.labels(route=self.template))
-
-
-ROUTES: tuple[Route, ...] = (
-    Route("GET", "/v1/items/{sku}", Role.READER, "get_item"),
-    Route("PUT", "/v1/items/{sku}", Role.ADMIN, "put_item"),
-    Route("POST", "/v1/items/{sku}/purchase", Role.CLERK, "purchase"),
-    Route("POST", "/v1/items/{sku}/restock", Role.ADMIN, "restock"),
-    Route("GET", "/v1/items/{sku}/audit", Role.ADMIN, "audit"),
-    Route("POST", "/v1/orders", Role.CLERK, "order"),
-    Route("GET", "/healthz", None, "healthz"),
-    Route("GET", "/readyz", None, "readyz"),
-    Route("GET", "/metrics", None, "metrics"),
-    Route("GET", "/openapi.json", None, "openapi"),
-)
-
-
-def _json(status: int, data: Any, headers: list[tuple[bytes, bytes]] | None = None) -> Response:
-    return Response(status, orjson.dumps(data), headers=headers or [])
 
 
 def _change_response(receipt: Receipt, body: dict[str, Any], status: int = 200) -> Response:
@@ -141,19 +52,7 @@ def _change_response(receipt: Receipt, body: dict[str, Any], status: int = 200) 
     )
     if receipt.replayed:
         headers.append((b"idempotent-replayed", b"true"))
-    return _json(status, body, headers)
-
-
-_INTEGER = re.compile(r"-?[0-9]{1,19}")
-
-
-def _query_int(query: dict[str, str], name: str, default: int | None) -> int | None:
-    raw = query.get(name)
-    if raw is None:
-        return default
-    if not _INTEGER.fullmatch(raw):
-        raise InvalidRequest([FieldError(name, "must be an integer written in ASCII digits")])
-    return int(raw)
+    return json_response(status, body, headers)
 
 
 class App:
@@ -251,7 +150,7 @@ class App:
             response = _problem(
                 HttpProblem("internal_error", "an unexpected error; see the server log")
             )
-        await _send(send, response)
+        await send_response(send, response)
         if route is not None:
             route.timer.observe(time.perf_counter() - started)
 
@@ -289,13 +188,13 @@ class App:
     async def get_item(self, request: Request) -> Response:
         min_version = None
         if request.scope["query_string"]:
-            min_version = _query_int(request.query(), "min_version", None)
+            min_version = query_int(request.query(), "min_version", None)
         read = await self.inventory.read(request.params["sku"], min_version=min_version)
         headers = [
             (b"etag", b'"%d"' % read.item.version),
             (b"x-cache", b"hit" if read.cache_hit else b"miss"),
         ]
-        return _json(200, read.item.to_json(), headers)
+        return json_response(200, read.item.to_json(), headers)
 
     async def put_item(self, request: Request) -> Response:
         body = await request.json_object({"on_hand"}, set())
@@ -337,13 +236,13 @@ class App:
 
     async def audit(self, request: Request) -> Response:
         query = request.query()
-        after_version = _query_int(query, "after_version", 0)
-        limit = _query_int(query, "limit", 100)
+        after_version = query_int(query, "after_version", 0)
+        limit = query_int(query, "limit", 100)
         assert after_version is not None and limit is not None
         page = await self.inventory.audit(
             request.params["sku"], after_version=after_version, limit=limit
         )
-        return _json(
+        return json_response(
             200,
             {
                 "entries": [entry.to_json() for entry in page.entries],
@@ -352,7 +251,7 @@ class App:
         )
 
     async def healthz(self, request: Request) -> Response:
-        return _json(200, {"status": "up"})
+        return json_response(200, {"status": "up"})
 
     async def readyz(self, request: Request) -> Response:
         probes = {"database": self.inventory.ping, **self._extra_probes}
@@ -366,7 +265,7 @@ class App:
             names = ", ".join(sorted(down))
             problem = HttpProblem("unavailable", f"not ready: {names} down", down=down)
             return _problem(problem)
-        return _json(200, {"status": "ready", "checked": sorted(probes)})
+        return json_response(200, {"status": "ready", "checked": sorted(probes)})
 
     async def metrics(self, request: Request) -> Response:
         body, content_type = metrics.exposition()
@@ -375,7 +274,7 @@ class App:
     async def openapi(self, request: Request) -> Response:
         from stockkeeper.http.openapi import SPEC
 
-        return _json(200, SPEC)
+        return json_response(200, SPEC)
 
 
 def _idempotency_key(request: Request) -> str | None:
@@ -389,16 +288,6 @@ def _problem(error: StockkeeperError) -> Response:
     if error.code == "method_not_allowed":
         headers.append((b"allow", ", ".join(error.details()["allowed"]).encode()))
     return Response(status, body, content_type=PROBLEM_CONTENT_TYPE, headers=headers)
-
-
-async def _send(send: Send, response: Response) -> None:
-    headers = [
-        (b"content-type", response.content_type),
-        (b"content-length", b"%d" % len(response.body)),
-        *response.headers,
-    ]
-    await send({"type": "http.response.start", "status": response.status, "headers": headers})
-    await send({"type": "http.response.body", "body": response.body})
 
 
 def create_app() -> App:

@@ -21,7 +21,7 @@ from stockkeeper.domain import (
     Reason,
     Role,
 )
-from stockkeeper.http.app import BODY_BYTES_MAX
+from stockkeeper.http.messages import BODY_BYTES_MAX
 from stockkeeper.http.problems import PROBLEM_CONTENT_TYPE, PROBLEMS
 from stockkeeper.service import VERSION_MAX
 
