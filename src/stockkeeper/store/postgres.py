@@ -177,6 +177,8 @@ class PostgresStore:
                 min_size=1,
                 max_size=pool_size,
                 reset=rollback_if_open,
+                # An acknowledged purchase must survive a crash, whatever the database's default.
+                server_settings={"synchronous_commit": "on"},
                 command_timeout=30,
                 timeout=5,
             )
