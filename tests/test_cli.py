@@ -6,6 +6,7 @@ import asyncio
 import os
 import re
 import signal
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -233,3 +234,15 @@ async def test_serve_prints_no_token_when_tokens_exist(tmp_path: Path) -> None:
 
 def test_the_command_is_installed_beside_this_python() -> None:
     assert Path(STOCKKEEPER).is_file() and os.access(STOCKKEEPER, os.X_OK)
+
+
+async def test_serve_on_a_taken_port_is_a_one_line_error_before_any_token(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        database_url = f"sqlite:///{tmp_path / 'served.db'}"
+        result = await run("serve", "--port", str(port), "--database", database_url, cwd=tmp_path)
+    line = assert_one_line_error(result)
+    assert f"cannot listen on 127.0.0.1:{port}" in line
+    assert not (tmp_path / "served.db").exists(), "no database (or admin token) made for nothing"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
+import socket
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable
@@ -66,6 +67,7 @@ def serve(host: str, port: int, workers: int, database_url: str, cache_url: str)
         async with await Inventory.open(database_url, pool_size=1) as inventory:
             return await inventory.create_first_admin_token()
 
+    _check_can_listen(host, port)
     first_token = _run(prepare)
     if first_token is not None:
         click.echo("stockkeeper: first start on an empty database; the admin token (shown once):")
@@ -85,7 +87,7 @@ def serve(host: str, port: int, workers: int, database_url: str, cache_url: str)
     # would keep this process's single-process metrics) and inherit no threads or event loop.
     multiprocessing.set_start_method("spawn", force=True)
 
-    Granian(
+    server = Granian(
         "stockkeeper.http.app:create_app",
         factory=True,
         address=host,
@@ -93,7 +95,21 @@ def serve(host: str, port: int, workers: int, database_url: str, cache_url: str)
         interface=Interfaces.ASGI,
         workers=workers,
         log_access=False,
-    ).serve()
+    )
+    try:
+        server.serve()
+    except RuntimeError as error:  # granian's socket errors, e.g. a port taken since the check
+        raise click.ClickException(f"cannot serve on {host}:{port}: {error}") from None
+
+
+def _check_can_listen(host: str, port: int) -> None:
+    """Fail with one line, before touching the database, if the address cannot be bound."""
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as error:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {error.strerror}") from None
 
 
 @main.group()
