@@ -127,7 +127,7 @@ async def test_a_callable_action_can_raise() -> None:
 
 @pytest.mark.parametrize("name", [*sorted(POINTS), "not.a.point"])
 async def test_hit_is_a_no_op_when_unarmed(name: str) -> None:
-    assert await failpoints.hit(name) is None
+    await failpoints.hit(name)  # raises nothing, waits for nothing
 
 
 @pytest.mark.parametrize(

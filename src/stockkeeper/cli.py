@@ -8,8 +8,8 @@ import os
 import socket
 import sys
 import tempfile
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
 import click
 
@@ -30,7 +30,7 @@ database_option = click.option(
 )
 
 
-def _run(op: Callable[[], Awaitable[T]]) -> T:
+def _run(op: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """Run one async step; a database or cache fault becomes a one-line error and exit 1."""
     try:
         return asyncio.run(op())

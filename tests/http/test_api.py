@@ -82,7 +82,7 @@ def restock(
 
 
 def order(
-    *lines: tuple[str, int], auth: Role | str | None = CLERK, key: Any = None, **body: Any
+    *lines: tuple[str, Any], auth: Role | str | None = CLERK, key: Any = None, **body: Any
 ) -> Call:
     json = {"lines": [{"sku": sku, "quantity": q} for sku, q in lines], **body}
     return Call("POST", "/v1/orders", auth, json, headers=_key(key))
@@ -104,7 +104,7 @@ async def _chunks(content: bytes, size: int = 8192) -> AsyncIterator[bytes]:
 
 
 async def send(api: Api, call: Call) -> httpx.Response:
-    headers = {**authorization(api, call.auth), **call.headers}
+    headers: dict[str, Any] = {**authorization(api, call.auth), **call.headers}
     body: dict[str, Any] = {}
     if call.content is not None:
         body["content"] = _chunks(call.content) if call.stream else call.content

@@ -12,6 +12,7 @@ import sqlite3
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack, closing
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +91,7 @@ async def assert_audit_replays(inventory: Inventory, sku: str) -> list[AuditEntr
         on_hand += e.delta
         assert e.sku == sku
         assert e.on_hand == on_hand >= 0, f"replay diverges at version {e.version}"
-        assert e.at.utcoffset() is not None and e.at.utcoffset().total_seconds() == 0
+        assert e.at.utcoffset() == timedelta(0)
     assert await inventory.get_stock(sku) == Item(sku, on_hand, len(entries))
     assert [e.id for e in entries] == sorted(e.id for e in entries)
     return entries

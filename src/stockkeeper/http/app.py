@@ -155,7 +155,7 @@ class App:
             route.timer.observe(time.perf_counter() - started)
 
     @staticmethod
-    def _route(method: str, path: str) -> tuple[Route | None, dict[str, str]]:
+    def _route(method: str, path: str) -> tuple[Route, dict[str, str]]:
         """The route and its path parameters; a problem when nothing (or no method) matches."""
         allowed: list[str] = []
         for route in ROUTES:

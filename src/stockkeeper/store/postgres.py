@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import asyncpg
@@ -26,7 +26,7 @@ from stockkeeper.domain import (
 )
 from stockkeeper.retry import RetryPolicy, retrying
 from stockkeeper.store.rows import AUDIT_COLUMNS, audit_entry
-from stockkeeper.store.sql_tx import SqlTx
+from stockkeeper.store.sql_tx import Row, SqlTx
 from stockkeeper.store.writes import apply_write
 
 T = TypeVar("T")
@@ -120,11 +120,11 @@ class _PgStatements:
     def __init__(self, conn: asyncpg.Connection) -> None:
         self.conn = conn
 
-    async def fetch(self, sql: str, *args: Any) -> list[Mapping[str, Any]]:
+    async def fetch(self, sql: str, *args: Any) -> list[Row]:
         return list(await self.conn.fetch(sql, *args))
 
-    async def first(self, sql: str, *args: Any) -> Mapping[str, Any] | None:
-        row: Mapping[str, Any] | None = await self.conn.fetchrow(sql, *args)
+    async def first(self, sql: str, *args: Any) -> Row | None:
+        row: Row | None = await self.conn.fetchrow(sql, *args)
         return row
 
 

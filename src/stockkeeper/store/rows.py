@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
 
 from stockkeeper.domain import AuditEntry, Reason
+from stockkeeper.store.sql_tx import Row
 
 AUDIT_COLUMNS = (
     "id, sku, version, delta, on_hand, user_name, on_behalf_of, reason, idempotency_key, at"
 )
 
 
-def audit_entry(row: Mapping[str, Any], at: datetime) -> AuditEntry:
+def audit_entry(row: Row, at: datetime) -> AuditEntry:
     return AuditEntry(
         id=row["id"],
         sku=row["sku"],

@@ -8,21 +8,26 @@ audit rows — is left to each backend.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
 from typing import Any, Protocol
 
 from stockkeeper.domain import Item, Write
 
 
+class Row(Protocol):
+    """A result row read by column name (asyncpg's Record, sqlite3's Row)."""
+
+    def __getitem__(self, key: str, /) -> Any: ...
+
+
 class Statements(Protocol):
     """Runs one statement inside the open transaction."""
 
-    async def fetch(self, sql: str, *args: Any) -> list[Mapping[str, Any]]: ...
+    async def fetch(self, sql: str, *args: Any) -> list[Row]: ...
 
-    async def first(self, sql: str, *args: Any) -> Mapping[str, Any] | None: ...
+    async def first(self, sql: str, *args: Any) -> Row | None: ...
 
 
-def _item(sku: str, row: Mapping[str, Any] | None) -> Item | None:
+def _item(sku: str, row: Row | None) -> Item | None:
     return None if row is None else Item(sku, row["on_hand"], row["version"])
 
 

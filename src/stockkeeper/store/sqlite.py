@@ -14,7 +14,7 @@ import re
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,7 +31,7 @@ from stockkeeper.domain import (
 )
 from stockkeeper.retry import RetryPolicy, retrying
 from stockkeeper.store.rows import AUDIT_COLUMNS, audit_entry
-from stockkeeper.store.sql_tx import SqlTx
+from stockkeeper.store.sql_tx import Row, SqlTx
 from stockkeeper.store.writes import apply_write
 
 T = TypeVar("T")
@@ -148,10 +148,10 @@ class _SqliteStatements:
     def __init__(self, db: _Connection) -> None:
         self._db = db
 
-    async def fetch(self, sql: str, *args: Any) -> list[Mapping[str, Any]]:
+    async def fetch(self, sql: str, *args: Any) -> list[Row]:
         return list(await self._db.execute(_numbered(sql), *args))
 
-    async def first(self, sql: str, *args: Any) -> Mapping[str, Any] | None:
+    async def first(self, sql: str, *args: Any) -> Row | None:
         return await self._db.first(_numbered(sql), *args)
 
 
