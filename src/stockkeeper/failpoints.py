@@ -28,7 +28,7 @@ POINTS = frozenset(
         "store.write.before_change",
         "store.write.before_audit",
         "store.write.before_commit",
-        "store.read.after_fetch",
+        "service.read.after_fetch",
     }
 )
 

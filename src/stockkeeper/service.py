@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from stockkeeper import auth, metrics
+from stockkeeper import auth, failpoints, metrics
 from stockkeeper.domain import (
     AUDIT_PAGE_LIMIT_MAX,
     ON_HAND_MAX,
@@ -92,6 +92,8 @@ class Inventory:
             checks.integer("min_version", min_version, 1, VERSION_MAX)
         checks.raise_if_any()
         item = await self.store.get_item(sku)
+        # Where a cache fill will race newer writes: tests hold a read here.
+        await failpoints.hit("service.read.after_fetch")
         metrics.CACHE_REQUESTS.labels(result="miss").inc()
         if item is None:
             raise UnknownSku(sku)

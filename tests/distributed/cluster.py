@@ -57,19 +57,33 @@ def _wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
 
 
 @contextmanager
-def running_cluster(tmp: Path, servers: int, workers: int = 1) -> Iterator[Cluster]:
-    """Start `servers` serve commands (of `workers` processes each) on one fresh schema; stop
-    them and drop it afterwards."""
+def fresh_schema() -> Iterator[str]:
+    """A database URL whose search_path is a new PostgreSQL schema, dropped afterwards."""
     schema = f"sk_dist_{uuid.uuid4().hex[:12]}"
     _admin_sql(f"CREATE SCHEMA {schema}")
-    database_url = f"{POSTGRES_URL}?search_path={schema}"
+    try:
+        yield f"{POSTGRES_URL}?search_path={schema}"
+    finally:
+        _admin_sql(f"DROP SCHEMA {schema} CASCADE")
+
+
+def _create_token(database_url: str, name: str, role: str) -> str:
+    command = [STOCKKEEPER, "token", "create", name, "--role", role, "--database", database_url]
+    return subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip()
+
+
+@contextmanager
+def running_servers(
+    tmp: Path, database_url: str, servers: int, workers: int = 1
+) -> Iterator[Cluster]:
+    """Start `servers` serve commands (of `workers` processes each) on one database; stop them
+    afterwards."""
     processes: list[subprocess.Popen[bytes]] = []
     try:
-        urls, admin_token = [], None
+        urls, admin_tokens = [], []
         for n in range(servers):
             port = free_port()
-            log = tmp / f"server-{n}.log"
-            out = tmp / f"server-{n}.out"
+            log, out = tmp / f"server-{n}.log", tmp / f"server-{n}.out"
             command = [STOCKKEEPER, "serve", "--port", str(port), "--workers", str(workers)]
             process = subprocess.Popen(
                 [*command, "--database", database_url],
@@ -80,28 +94,10 @@ def running_cluster(tmp: Path, servers: int, workers: int = 1) -> Iterator[Clust
             url = f"http://127.0.0.1:{port}"
             _wait_ready(url, process, log)
             urls.append(url)
-            printed = TOKEN.findall(out.read_text())
-            if n == 0:
-                assert len(printed) == 1, "the first start prints the admin token once"
-                admin_token = printed[0]
-            else:
-                assert not printed, "only the first start prints an admin token"
-        clerk = subprocess.run(
-            [
-                STOCKKEEPER,
-                "token",
-                "create",
-                "shop",
-                "--role",
-                "clerk",
-                *("--database", database_url),
-            ],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-        assert admin_token is not None
-        yield Cluster(urls, database_url, admin_token, clerk)
+            admin_tokens += TOKEN.findall(out.read_text())
+        assert len(admin_tokens) == 1, "only the first start prints the admin token, once"
+        clerk = _create_token(database_url, "shop", "clerk")
+        yield Cluster(urls, database_url, admin_tokens[0], clerk)
     finally:
         for process in processes:
             process.send_signal(signal.SIGTERM)
@@ -110,4 +106,10 @@ def running_cluster(tmp: Path, servers: int, workers: int = 1) -> Iterator[Clust
                 process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 process.kill()
-        _admin_sql(f"DROP SCHEMA {schema} CASCADE")
+
+
+@contextmanager
+def running_cluster(tmp: Path, servers: int, workers: int = 1) -> Iterator[Cluster]:
+    """Servers sharing one fresh PostgreSQL schema."""
+    with fresh_schema() as database_url, running_servers(tmp, database_url, servers, workers) as c:
+        yield c

@@ -458,7 +458,7 @@ async def test_unavailable_after_retries_changes_nothing(
     assert attempts == RetryPolicy().attempts_max
 
 
-WRITE_POINTS = sorted(failpoints.POINTS - {"store.read.after_fetch"})
+WRITE_POINTS = sorted(failpoints.POINTS - {"service.read.after_fetch"})
 
 
 @pytest.mark.parametrize("point", WRITE_POINTS)

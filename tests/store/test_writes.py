@@ -297,7 +297,7 @@ ATOMIC_WRITES = {
 }
 
 
-@pytest.mark.parametrize("point", sorted(failpoints.POINTS - {"store.read.after_fetch"}))
+@pytest.mark.parametrize("point", sorted(failpoints.POINTS - {"service.read.after_fetch"}))
 @pytest.mark.parametrize("write", ATOMIC_WRITES.values(), ids=ATOMIC_WRITES.keys())
 async def test_a_crash_inside_the_transaction_leaves_no_trace(
     stocked: Inventory, database_url: str, write: Write, point: str
