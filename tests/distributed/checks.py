@@ -1,11 +1,13 @@
-"""Assertions the distributed tests share: what every server serves, what the audit log says."""
+"""What the distributed tests share: what every server serves, what the audit log says, and
+the purchase scenarios run against each kind of cluster."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from tests.distributed.cluster import Cluster
-from tests.distributed.storm import Client
+from tests.distributed.storm import OK, SHORT, Client, http_purchase, oversell_verdict, storm
 
 
 async def put_stock(client: Client, cluster: Cluster, sku: str, on_hand: int) -> None:
@@ -47,3 +49,35 @@ async def assert_every_server_sees(
     for url in cluster.urls:
         answer = await client.call("GET", f"{url}/v1/items/{sku}", cluster.clerk_token)
         assert answer.body == {"sku": sku, "on_hand": on_hand, "version": version}, url
+
+
+async def sell_out(
+    cluster: Cluster, sku: str, stock: int, attempts: int, concurrency: int
+) -> list[dict[str, Any]]:
+    """Storm `attempts` purchases of one at `stock` items, spread over the servers: exactly
+    `stock` succeed, the rest are clean refusals, every server then serves 0. Returns the audit."""
+    async with Client(concurrency) as client:
+        await put_stock(client, cluster, sku, stock)
+        outcomes = await storm(http_purchase(client, cluster, sku), attempts, concurrency)
+        assert oversell_verdict(outcomes, stock, attempts) == []
+        await assert_every_server_sees(client, cluster, sku, 0, stock + 1)
+        entries = await full_audit(client, cluster, sku)
+    assert_audit_replays(entries, 0)
+    return entries
+
+
+async def race_for_last_item(
+    cluster: Cluster, sku: str, rounds: int, buyers: int
+) -> list[dict[str, Any]]:
+    """`rounds` times: one item left, `buyers` buy at once across servers; one wins each time."""
+    async with Client(buyers) as client:
+        buy = http_purchase(client, cluster, sku)
+        for _ in range(rounds):
+            await put_stock(client, cluster, sku, 1)
+            outcomes = await asyncio.gather(*(buy(n) for n in range(buyers)))
+            assert sorted(outcomes) == [SHORT] * (buyers - 1) + [OK]
+        await assert_every_server_sees(client, cluster, sku, 0, 2 * rounds)
+        entries = await full_audit(client, cluster, sku)
+    assert_audit_replays(entries, 0)
+    assert [e["reason"] for e in entries] == ["set", "purchase"] * rounds
+    return entries

@@ -8,13 +8,13 @@ import asyncpg
 import pytest
 
 from tests.distributed.checks import (
-    assert_audit_replays,
     assert_every_server_sees,
-    full_audit,
     put_stock,
+    race_for_last_item,
+    sell_out,
 )
 from tests.distributed.cluster import Cluster
-from tests.distributed.storm import OK, SHORT, Client, http_purchase, oversell_verdict, storm
+from tests.distributed.storm import OK, SHORT, Client, oversell_verdict, storm
 
 pytestmark = pytest.mark.distributed
 
@@ -25,14 +25,7 @@ POOL_SIZE_PER_SERVER = 10
 
 
 async def test_ten_thousand_purchases_sell_exactly_the_stock(cluster: Cluster) -> None:
-    sku = "STORM-1"
-    async with Client(CONCURRENCY) as client:
-        await put_stock(client, cluster, sku, STOCK)
-        outcomes = await storm(http_purchase(client, cluster, sku), ATTEMPTS, CONCURRENCY)
-        assert oversell_verdict(outcomes, STOCK, ATTEMPTS) == []
-        await assert_every_server_sees(client, cluster, sku, 0, STOCK + 1)
-        entries = await full_audit(client, cluster, sku)
-    assert_audit_replays(entries, 0)
+    entries = await sell_out(cluster, "STORM-1", STOCK, ATTEMPTS, CONCURRENCY)
     purchases = entries[1:]
     assert len(purchases) == STOCK
     for entry in purchases:
@@ -72,17 +65,7 @@ async def test_naive_read_check_write_oversells_under_the_same_load(cluster: Clu
 
 
 async def test_last_item_has_exactly_one_winner_across_servers(cluster: Cluster) -> None:
-    sku, rounds, buyers = "LAST-1", 100, 8
-    async with Client(buyers) as client:
-        buy = http_purchase(client, cluster, sku)
-        for _ in range(rounds):
-            await put_stock(client, cluster, sku, 1)
-            outcomes = await asyncio.gather(*(buy(n) for n in range(buyers)))
-            assert sorted(outcomes) == [SHORT] * (buyers - 1) + [OK]
-        await assert_every_server_sees(client, cluster, sku, 0, 2 * rounds)
-        entries = await full_audit(client, cluster, sku)
-    assert_audit_replays(entries, 0)
-    assert [e["reason"] for e in entries] == ["set", "purchase"] * rounds
+    await race_for_last_item(cluster, "LAST-1", rounds=100, buyers=8)
 
 
 async def test_duplicate_idempotent_purchases_at_two_servers_apply_once(cluster: Cluster) -> None:
