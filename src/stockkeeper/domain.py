@@ -276,6 +276,15 @@ class Forbidden(StockkeeperError):
 # --- validation ---------------------------------------------------------------------------
 
 
+class _Missing:
+    def __repr__(self) -> str:
+        return "MISSING"
+
+
+MISSING: Any = _Missing()
+"""Stands for a field the caller did not send, so the check can say "required"."""
+
+
 @dataclass(slots=True)
 class Checks:
     """Collects every field error of one request, so a caller learns all of them at once."""
@@ -286,12 +295,18 @@ class Checks:
         self.errors.append(FieldError(name, message))
 
     def sku(self, name: str, value: object) -> str:
+        if value is MISSING:
+            self.fail(name, "required")
+            return ""
         if not isinstance(value, str) or not _SKU.fullmatch(value):
             self.fail(name, "must be 1-64 characters of A-Z a-z 0-9 . _ -")
             return ""
         return value
 
     def integer(self, name: str, value: object, low: int, high: int) -> int:
+        if value is MISSING:
+            self.fail(name, "required")
+            return 0
         if isinstance(value, bool) or not isinstance(value, int):
             self.fail(name, f"must be an integer from {low} to {high}")
             return 0
@@ -318,6 +333,9 @@ class Checks:
 
 def check_order_lines(checks: Checks, lines: object) -> list[OrderLine]:
     """Validate an order's lines: 1-100 of them, each SKU once."""
+    if lines is MISSING:
+        checks.fail("lines", "required")
+        return []
     if not isinstance(lines, list | tuple) or not lines:
         checks.fail("lines", f"must be a list of 1 to {ORDER_LINES_MAX} lines")
         return []
@@ -335,8 +353,8 @@ def check_order_lines(checks: Checks, lines: object) -> list[OrderLine]:
             continue
         for unknown in sorted(set(line) - {"sku", "quantity"}):
             checks.fail(f"{where}.{unknown}", "unknown field")
-        sku = checks.sku(f"{where}.sku", line.get("sku"))
-        quantity = checks.quantity(f"{where}.quantity", line.get("quantity"))
+        sku = checks.sku(f"{where}.sku", line.get("sku", MISSING))
+        quantity = checks.quantity(f"{where}.quantity", line.get("quantity", MISSING))
         if sku and sku in seen:
             checks.fail(f"{where}.sku", f"duplicate sku {sku!r}: each sku may appear once")
         seen.add(sku)

@@ -49,7 +49,11 @@ class ItemRead:
 
 
 class Inventory:
-    """Stock of every SKU, changed only through audited, conditional, idempotent writes."""
+    """Stock of every SKU, changed only through audited, conditional, idempotent writes.
+
+    Writes take an optional `checks` already holding errors the caller found (an HTTP body's
+    unknown fields, say), so one InvalidRequest reports every error at once.
+    """
 
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -128,10 +132,11 @@ class Inventory:
         user: str,
         on_behalf_of: str | None = None,
         idempotency_key: str | None = None,
+        checks: Checks | None = None,
     ) -> Receipt:
         """Take `quantity` of `sku` if that many are on hand, else raise InsufficientStock."""
         return await self._adjust(
-            Reason.PURCHASE, sku, quantity, user, on_behalf_of, idempotency_key
+            Reason.PURCHASE, sku, quantity, user, on_behalf_of, idempotency_key, checks
         )
 
     async def increment_stock(
@@ -142,14 +147,17 @@ class Inventory:
         user: str,
         on_behalf_of: str | None = None,
         idempotency_key: str | None = None,
+        checks: Checks | None = None,
     ) -> Receipt:
         return await self._adjust(
-            Reason.RESTOCK, sku, quantity, user, on_behalf_of, idempotency_key
+            Reason.RESTOCK, sku, quantity, user, on_behalf_of, idempotency_key, checks
         )
 
-    async def set_stock(self, sku: str, on_hand: int, *, user: str) -> Receipt:
+    async def set_stock(
+        self, sku: str, on_hand: int, *, user: str, checks: Checks | None = None
+    ) -> Receipt:
         """Set on_hand outright, creating the item at version 1 if it is new."""
-        checks = Checks()
+        checks = checks if checks is not None else Checks()
         checks.sku("sku", sku)
         checks.integer("on_hand", on_hand, 0, ON_HAND_MAX)
         self._check_user(checks, user)
@@ -163,9 +171,10 @@ class Inventory:
         user: str,
         on_behalf_of: str | None = None,
         idempotency_key: str | None = None,
+        checks: Checks | None = None,
     ) -> Receipt:
         """Take every line, or none: a short line fails the whole order with all shortages."""
-        checks = Checks()
+        checks = checks if checks is not None else Checks()
         parsed = check_order_lines(checks, lines)
         on_behalf_of = checks.optional_text("on_behalf_of", on_behalf_of)
         idempotency_key = checks.optional_text("Idempotency-Key", idempotency_key)
@@ -182,8 +191,9 @@ class Inventory:
         user: str,
         on_behalf_of: str | None,
         idempotency_key: str | None,
+        checks: Checks | None,
     ) -> Receipt:
-        checks = Checks()
+        checks = checks if checks is not None else Checks()
         checks.sku("sku", sku)
         checks.quantity("quantity", quantity)
         on_behalf_of = checks.optional_text("on_behalf_of", on_behalf_of)

@@ -63,8 +63,8 @@ def get(path: str, auth: Role | str | None = READER) -> Call:
     return Call("GET", path, auth)
 
 
-def put(sku: str, on_hand: Any, auth: Role | str | None = ADMIN) -> Call:
-    return Call("PUT", f"/v1/items/{sku}", auth, {"on_hand": on_hand})
+def put(sku: str, on_hand: Any, auth: Role | str | None = ADMIN, **body: Any) -> Call:
+    return Call("PUT", f"/v1/items/{sku}", auth, {"on_hand": on_hand, **body})
 
 
 def purchase(

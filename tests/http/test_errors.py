@@ -237,6 +237,11 @@ for what, quantity in {
     invalid(f"422-purchase-quantity-{what}", purchase("A-1", quantity), "quantity")
     invalid(f"422-restock-quantity-{what}", restock("A-1", quantity), "quantity")
     invalid(f"422-order-quantity-{what}", order(("A-1", quantity)), "lines[0].quantity")
+# Every error at once: unknown fields do not hide the errors of the known ones.
+invalid("422-unknown-and-bad-quantity", purchase("A-1", 0, colour="red"), "colour", "quantity")
+invalid("422-unknown-and-bad-key", restock("A-1", 1, key="", size=3), "size", "Idempotency-Key")
+invalid("422-unknown-and-bad-line", order(("A-1", 0), note="x"), "note", "lines[0].quantity")
+invalid("422-unknown-and-bad-on-hand", put("A-1", -1, extra=1), "extra", "on_hand")
 P, R = "/v1/items/A-1/purchase", "/v1/items/A-1/restock"
 for name, (call, fields) in {
     "purchase-missing-quantity": (Call("POST", P, CLERK, {}), ("quantity",)),

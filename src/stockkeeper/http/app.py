@@ -17,6 +17,7 @@ from typing import Any
 from stockkeeper import failpoints, metrics
 from stockkeeper.cache import DEFAULT_CACHE_URL, cache_probes
 from stockkeeper.domain import (
+    MISSING,
     Forbidden,
     Receipt,
     Role,
@@ -198,40 +199,46 @@ class App:
         return json_response(200, read.item.to_json(), headers)
 
     async def put_item(self, request: Request) -> Response:
-        body = await request.json_object({"on_hand"}, set())
+        body, checks = await request.json_object({"on_hand"})
         receipt = await self.inventory.set_stock(
-            request.params["sku"], body["on_hand"], user=request.principal_name
+            request.params["sku"],
+            body.get("on_hand", MISSING),
+            user=request.principal_name,
+            checks=checks,
         )
         return _change_response(receipt, receipt.change.to_json(), 201 if receipt.created else 200)
 
     async def purchase(self, request: Request) -> Response:
-        body = await request.json_object({"quantity"}, {"on_behalf_of"})
+        body, checks = await request.json_object({"quantity", "on_behalf_of"})
         receipt = await self.inventory.decrement_stock(
             request.params["sku"],
-            body["quantity"],
+            body.get("quantity", MISSING),
             user=request.principal_name,
             on_behalf_of=body.get("on_behalf_of"),
             idempotency_key=_idempotency_key(request),
+            checks=checks,
         )
         return _change_response(receipt, receipt.change.to_json())
 
     async def restock(self, request: Request) -> Response:
-        body = await request.json_object({"quantity"}, set())
+        body, checks = await request.json_object({"quantity"})
         receipt = await self.inventory.increment_stock(
             request.params["sku"],
-            body["quantity"],
+            body.get("quantity", MISSING),
             user=request.principal_name,
             idempotency_key=_idempotency_key(request),
+            checks=checks,
         )
         return _change_response(receipt, receipt.change.to_json())
 
     async def order(self, request: Request) -> Response:
-        body = await request.json_object({"lines"}, {"on_behalf_of"})
+        body, checks = await request.json_object({"lines", "on_behalf_of"})
         receipt = await self.inventory.place_order(
-            body["lines"],
+            body.get("lines", MISSING),
             user=request.principal_name,
             on_behalf_of=body.get("on_behalf_of"),
             idempotency_key=_idempotency_key(request),
+            checks=checks,
         )
         return _change_response(receipt, {"lines": [c.to_json() for c in receipt.changes]})
 

@@ -33,8 +33,9 @@ class Request:
     def query(self) -> dict[str, str]:
         return dict(parse_qsl(self.scope["query_string"].decode("latin-1"), keep_blank_values=True))
 
-    async def json_object(self, required: set[str], optional: set[str]) -> dict[str, Any]:
-        """The body as a JSON object with exactly the named fields, or a problem."""
+    async def json_object(self, fields: set[str]) -> tuple[dict[str, Any], Checks]:
+        """The body as a JSON object, with a Checks naming any field outside `fields`: the
+        service adds its own findings, so the caller learns every error at once."""
         declared = self.headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > BODY_BYTES_MAX:
             raise HttpProblem("body_too_large", f"the body may be at most {BODY_BYTES_MAX} bytes")
@@ -57,12 +58,9 @@ class Request:
         if not isinstance(body, dict):
             raise HttpProblem("malformed_json", "the body must be a JSON object")
         checks = Checks()
-        for name in sorted(set(body) - required - optional):
+        for name in sorted(set(body) - fields):
             checks.fail(name, "unknown field")
-        for name in sorted(required - set(body)):
-            checks.fail(name, "required")
-        checks.raise_if_any()
-        return body
+        return body, checks
 
 
 @dataclass(slots=True)
