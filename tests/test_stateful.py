@@ -46,6 +46,7 @@ from stockkeeper.domain import (
     UnknownSku,
 )
 from stockkeeper.service import Inventory
+from stockkeeper.store import StoreOptions
 from tests.conftest import POSTGRES_URL, admin_execute
 
 CREATABLE = ("A-1", "B.2", "c_3")
@@ -212,7 +213,7 @@ class InventoryMachine(RuleBasedStateMachine):
             else:
                 self.tmpdir = tempfile.mkdtemp(prefix="stockkeeper-stateful-")
                 url = f"sqlite:///{Path(self.tmpdir) / 'stockkeeper.db'}"
-            self.inventory = self.run(Inventory.open(url, pool_size=2))
+            self.inventory = self.run(Inventory.open(url, StoreOptions(pool_size=2)))
         except BaseException:
             self.teardown()
             raise

@@ -16,7 +16,7 @@ import click
 from stockkeeper.cache import DEFAULT_CACHE_URL, ping_cache
 from stockkeeper.domain import Role, StockkeeperError
 from stockkeeper.service import Inventory
-from stockkeeper.store import DEFAULT_DATABASE_URL
+from stockkeeper.store import DEFAULT_DATABASE_URL, StoreOptions
 
 T = TypeVar("T")
 
@@ -64,7 +64,7 @@ def serve(host: str, port: int, workers: int, database_url: str, cache_url: str)
 
     async def prepare() -> str | None:
         await ping_cache(cache_url)
-        async with await Inventory.open(database_url, pool_size=1) as inventory:
+        async with await Inventory.open(database_url, StoreOptions(pool_size=1)) as inventory:
             return await inventory.create_first_admin_token()
 
     _check_can_listen(host, port)
@@ -125,7 +125,7 @@ def token_create(name: str, role: str, database_url: str) -> None:
     """Create a token for NAME and print it alone on stdout (only its hash is stored)."""
 
     async def create() -> str:
-        async with await Inventory.open(database_url, pool_size=1) as inventory:
+        async with await Inventory.open(database_url, StoreOptions(pool_size=1)) as inventory:
             return await inventory.create_token(name, Role.parse(role))
 
     click.echo(_run(create))

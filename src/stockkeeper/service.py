@@ -36,7 +36,7 @@ from stockkeeper.domain import (
     Write,
     check_order_lines,
 )
-from stockkeeper.store import DEFAULT_DATABASE_URL, Store, open_store
+from stockkeeper.store import DEFAULT_DATABASE_URL, Store, StoreOptions, open_store
 
 VERSION_MAX = 2**63 - 1
 FIRST_ADMIN_NAME = "admin"
@@ -61,9 +61,13 @@ class Inventory:
 
     @classmethod
     async def open(
-        cls, database_url: str = DEFAULT_DATABASE_URL, *, pool_size: int = 10, migrate: bool = True
+        cls,
+        database_url: str = DEFAULT_DATABASE_URL,
+        options: StoreOptions | None = None,
+        *,
+        migrate: bool = True,
     ) -> Inventory:
-        store = await open_store(database_url, pool_size=pool_size)
+        store = await open_store(database_url, options)
         if migrate:
             try:
                 await store.migrate()

@@ -20,6 +20,7 @@ from stockkeeper import failpoints
 from stockkeeper.http.app import App
 from stockkeeper.retry import RetryPolicy
 from stockkeeper.service import Inventory
+from stockkeeper.store import StoreOptions
 from stockkeeper.store.postgres import PostgresStore
 from tests.conftest import Api
 from tests.http.test_api import (
@@ -503,7 +504,7 @@ async def test_readyz_names_the_cache_when_it_is_down(database_url: str) -> None
 async def test_unreachable_database_answers_503(call: Call) -> None:
     """A server whose PostgreSQL does not answer (nothing listens on port 1)."""
     pool = await asyncpg.create_pool(UNREACHABLE_POSTGRES, min_size=0, max_size=1, timeout=2)
-    inventory = Inventory(PostgresStore(pool, RetryPolicy()))
+    inventory = Inventory(PostgresStore(pool, StoreOptions()))
     async with inventory, client(App.for_inventory(inventory)) as http:
         problem = assert_problem(await send(Api(http, {}), call), 503, "unavailable")
         assert (await http.get("/healthz")).status_code == 200

@@ -13,6 +13,7 @@ import pytest
 from stockkeeper import failpoints, metrics
 from stockkeeper.domain import Unavailable
 from stockkeeper.service import Inventory
+from stockkeeper.store import StoreOptions
 from tests.conftest import POSTGRES_URL
 
 ROUNDS = 3
@@ -46,7 +47,9 @@ def connection_lost_retries() -> float:
 @contextlib.asynccontextmanager
 async def dropping_inventory(postgres_url: str) -> AsyncIterator[tuple[Inventory, str]]:
     name = f"sk_{uuid.uuid4().hex[:10]}"
-    async with await Inventory.open(f"{postgres_url}&application_name={name}", pool_size=2) as inv:
+    async with await Inventory.open(
+        f"{postgres_url}&application_name={name}", StoreOptions(pool_size=2)
+    ) as inv:
         await inv.set_stock("A-1", 10, user="test")
         yield inv, name
 

@@ -38,7 +38,7 @@ from stockkeeper.http.messages import (
 from stockkeeper.http.problems import PROBLEM_CONTENT_TYPE, HttpProblem, problem_body
 from stockkeeper.http.routes import ROUTES, Route
 from stockkeeper.service import Inventory
-from stockkeeper.store import DEFAULT_DATABASE_URL
+from stockkeeper.store import DEFAULT_DATABASE_URL, StoreOptions
 
 log = logging.getLogger("stockkeeper.http")
 
@@ -301,11 +301,14 @@ def _problem(error: StockkeeperError) -> Response:
 def create_app() -> App:
     """The app `stockkeeper serve` runs in each worker: configured by the environment."""
     database_url = os.environ.get("STOCKKEEPER_DATABASE_URL", DEFAULT_DATABASE_URL)
-    pool_size = int(os.environ.get("STOCKKEEPER_POOL_SIZE", "10"))
+    options = StoreOptions(
+        pool_size=int(os.environ.get("STOCKKEEPER_POOL_SIZE", "10")),
+        lock_wait_ms_max=int(os.environ.get("STOCKKEEPER_LOCK_WAIT_MS_MAX", "5000")),
+    )
 
     cache_url = os.environ.get("STOCKKEEPER_CACHE_URL", DEFAULT_CACHE_URL)
 
     async def open_inventory() -> Inventory:
-        return await Inventory.open(database_url, pool_size=pool_size)
+        return await Inventory.open(database_url, options)
 
     return App(open_inventory, probes=cache_probes(cache_url))

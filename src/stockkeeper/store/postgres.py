@@ -24,7 +24,8 @@ from stockkeeper.domain import (
     Unavailable,
     Write,
 )
-from stockkeeper.retry import RetryPolicy, retrying
+from stockkeeper.retry import retrying
+from stockkeeper.store.protocol import StoreOptions
 from stockkeeper.store.rows import AUDIT_COLUMNS, audit_entry
 from stockkeeper.store.sql_tx import Row, SqlTx
 from stockkeeper.store.writes import apply_write
@@ -162,23 +163,25 @@ class _PgTx(SqlTx):
 
 
 class PostgresStore:
-    def __init__(self, pool: asyncpg.Pool, retry: RetryPolicy) -> None:
+    def __init__(self, pool: asyncpg.Pool, options: StoreOptions) -> None:
         self._pool = pool
-        self._retry = retry
+        self._options = options
         self._token_key: bytes | None = None
 
     @classmethod
-    async def connect(
-        cls, url: str, *, pool_size: int = 10, retry: RetryPolicy | None = None
-    ) -> PostgresStore:
+    async def connect(cls, url: str, options: StoreOptions | None = None) -> PostgresStore:
+        options = options or StoreOptions()
         try:
             pool = await asyncpg.create_pool(
                 url,
                 min_size=1,
-                max_size=pool_size,
+                max_size=options.pool_size,
                 reset=rollback_if_open,
                 # An acknowledged purchase must survive a crash, whatever the database's default.
-                server_settings={"synchronous_commit": "on"},
+                server_settings={
+                    "synchronous_commit": "on",
+                    "lock_timeout": f"{options.lock_wait_ms_max}ms",
+                },
                 command_timeout=30,
                 timeout=5,
             )
@@ -186,7 +189,7 @@ class PostgresStore:
             raise Unavailable(f"database unreachable: {error}") from error
         except asyncpg.PostgresError as error:
             raise Unavailable(f"database refused the connection: {error}") from error
-        return cls(pool, retry or RetryPolicy())
+        return cls(pool, options)
 
     async def _run(self, op: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
         """Run `op` on a pooled connection; again, on a fresh one, if the connection breaks."""
@@ -198,10 +201,15 @@ class PostgresStore:
                         return await op(conn)
                     except _UNREACHABLE as error:
                         raise _ConnectionLost(str(error)) from error
+                    except asyncpg.exceptions.LockNotAvailableError as error:
+                        # Not retried: a row held this long means overload; waiting more adds to it.
+                        raise Unavailable(
+                            f"waited over {self._options.lock_wait_ms_max} ms for a lock"
+                        ) from error
             except _UNREACHABLE as error:
                 raise Unavailable(f"database unreachable: {error}") from error
 
-        return await retrying(attempt, _transient, self._retry)
+        return await retrying(attempt, _transient, self._options.retry)
 
     async def _in_tx(self, op: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
         async def run(conn: asyncpg.Connection) -> T:

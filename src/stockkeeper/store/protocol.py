@@ -7,9 +7,20 @@ order, audit in the same transaction, idempotency — cannot drift apart between
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from stockkeeper.domain import AuditPage, Item, Principal, Receipt, Write
+from stockkeeper.retry import RetryPolicy
+
+
+@dataclass(frozen=True, slots=True)
+class StoreOptions:
+    """Limits of one store: connections, how long a write may wait for a lock, retries."""
+
+    pool_size: int = 10
+    lock_wait_ms_max: int = 5_000
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
 
 
 class Tx(Protocol):

@@ -29,7 +29,8 @@ from stockkeeper.domain import (
     Unavailable,
     Write,
 )
-from stockkeeper.retry import RetryPolicy, retrying
+from stockkeeper.retry import retrying
+from stockkeeper.store.protocol import StoreOptions
 from stockkeeper.store.rows import AUDIT_COLUMNS, audit_entry
 from stockkeeper.store.sql_tx import Row, SqlTx
 from stockkeeper.store.writes import apply_write
@@ -37,7 +38,6 @@ from stockkeeper.store.writes import apply_write
 T = TypeVar("T")
 
 SCHEMA_VERSION = 1
-BUSY_TIMEOUT_MS = 5_000
 _DOLLAR_PARAM = re.compile(r"\$(\d+)")
 
 _SCHEMA = """
@@ -100,7 +100,8 @@ def _transient(error: BaseException) -> str | None:
 class _Connection:
     """One sqlite3 connection and the one thread allowed to use it."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, busy_timeout_ms: int) -> None:
+        self._busy_timeout_ms = busy_timeout_ms
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stockkeeper-sqlite")
         self._path = path
         self.conn: sqlite3.Connection | None = None
@@ -111,7 +112,7 @@ class _Connection:
                 self._path,
                 isolation_level=None,
                 check_same_thread=False,
-                timeout=BUSY_TIMEOUT_MS / 1000,
+                timeout=self._busy_timeout_ms / 1000,
             )
             conn.row_factory = sqlite3.Row
             conn.execute("PRAGMA journal_mode = WAL")
@@ -193,19 +194,19 @@ class _SqliteTx(SqlTx):
 
 
 class SqliteStore:
-    def __init__(self, path: str, retry: RetryPolicy) -> None:
+    def __init__(self, path: str, options: StoreOptions) -> None:
         self._path = path
-        self._retry = retry
-        self._writer = _Connection(path)
-        self._reader = _Connection(path)
+        self._retry = options.retry
+        self._writer = _Connection(path, options.lock_wait_ms_max)
+        self._reader = _Connection(path, options.lock_wait_ms_max)
         self._write_lock = asyncio.Lock()
         self._token_key: bytes | None = None
 
     @classmethod
-    async def connect(cls, path: str, *, retry: RetryPolicy | None = None) -> SqliteStore:
+    async def connect(cls, path: str, options: StoreOptions | None = None) -> SqliteStore:
         if path != ":memory:" and not Path(path).parent.is_dir():
             raise Unavailable(f"cannot open database {path}: no such directory")
-        store = cls(path, retry or RetryPolicy())
+        store = cls(path, options or StoreOptions())
         await store._writer.open()
         await store._reader.open()
         return store
