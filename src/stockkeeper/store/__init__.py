@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from stockkeeper.store.protocol import Store, StoreOptions, Tx
+from stockkeeper.store.protocol import Store, StoreOptions
 
 DEFAULT_DATABASE_URL = "sqlite:///stockkeeper.db"
 
-__all__ = ["DEFAULT_DATABASE_URL", "Store", "StoreOptions", "Tx", "open_store"]
+__all__ = ["DEFAULT_DATABASE_URL", "Store", "StoreOptions", "open_store"]
 
 
 async def open_store(url: str = DEFAULT_DATABASE_URL, options: StoreOptions | None = None) -> Store:

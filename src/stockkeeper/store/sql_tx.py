@@ -1,4 +1,4 @@
-"""The write steps (the `Tx` protocol) in SQL both backends speak.
+"""The steps of one write transaction, in SQL both backends speak.
 
 Statements are written once with PostgreSQL's `$n` placeholders; SQLite reads them as its
 numbered `?n`. Only what the dialects cannot share — locking several rows, and appending the
@@ -32,6 +32,8 @@ def _item(sku: str, row: Row | None) -> Item | None:
 
 
 class SqlTx(ABC):
+    """The steps store/writes.py composes; every method runs inside the open transaction."""
+
     # Row locks: PostgreSQL locks the row it reads; SQLite's BEGIN IMMEDIATE already holds the
     # whole database's write lock, so a plain read is enough there.
     lock_clause = " FOR UPDATE"
@@ -42,8 +44,12 @@ class SqlTx(ABC):
     async def claim_key(
         self, user: str, key: str, request_hash: bytes
     ) -> tuple[bytes, bytes] | None:
-        # ON CONFLICT waits for a concurrent transaction holding the same key: if it commits, we
-        # replay its answer; if it rolls back, the key is ours.
+        """Reserve an idempotency key: None when it is now ours, else the (request_hash,
+        response) of the earlier committed request with that key.
+
+        ON CONFLICT waits for a concurrent transaction holding the same key: if it commits, we
+        replay its answer; if it rolls back, the key is ours.
+        """
         claimed = await self.db.first(
             "INSERT INTO idempotency_keys (user_name, key, request_hash) VALUES ($1, $2, $3) "
             "ON CONFLICT DO NOTHING RETURNING 1 AS claimed",
@@ -70,6 +76,7 @@ class SqlTx(ABC):
         )
 
     async def create_item(self, sku: str, on_hand: int) -> bool:
+        """Insert the item at version 1 unless it exists; True if this call created it."""
         created = await self.db.first(
             "INSERT INTO items (sku, on_hand, version) VALUES ($1, $2, 1) "
             "ON CONFLICT DO NOTHING RETURNING 1 AS created",
@@ -79,6 +86,7 @@ class SqlTx(ABC):
         return created is not None
 
     async def lock_item(self, sku: str) -> int:
+        """Lock an existing item for the rest of the transaction; returns its on_hand."""
         row = await self.db.first(
             f"SELECT on_hand FROM items WHERE sku = $1{self.lock_clause}", sku
         )
@@ -86,7 +94,8 @@ class SqlTx(ABC):
         return int(row["on_hand"])
 
     @abstractmethod
-    async def lock_items(self, skus: list[str]) -> dict[str, int]: ...
+    async def lock_items(self, skus: list[str]) -> dict[str, int]:
+        """Lock the rows of `skus` in the given (canonical) order; on_hand of those found."""
 
     async def set_on_hand(self, sku: str, on_hand: int) -> Item:
         row = await self.db.first(
@@ -100,6 +109,7 @@ class SqlTx(ABC):
         return item
 
     async def take(self, sku: str, quantity: int) -> Item | None:
+        """Decrement only if on_hand >= quantity, as one statement; None if it did not."""
         row = await self.db.first(
             "UPDATE items SET on_hand = on_hand - $2, version = version + 1 "
             "WHERE sku = $1 AND on_hand >= $2 RETURNING on_hand, version",
@@ -109,6 +119,7 @@ class SqlTx(ABC):
         return _item(sku, row)
 
     async def add(self, sku: str, quantity: int, ceiling: int) -> Item | None:
+        """Increment unless on_hand would pass `ceiling`; None if it did not."""
         row = await self.db.first(
             "UPDATE items SET on_hand = on_hand + $2, version = version + 1 "
             "WHERE sku = $1 AND on_hand <= CAST($3 AS bigint) - CAST($2 AS bigint) "
@@ -124,4 +135,5 @@ class SqlTx(ABC):
         return None if row is None else int(row["on_hand"])
 
     @abstractmethod
-    async def insert_audit(self, write: Write, rows: list[tuple[Item, int]]) -> list[int]: ...
+    async def insert_audit(self, write: Write, rows: list[tuple[Item, int]]) -> list[int]:
+        """Append one audit entry per (item after the change, delta); returns their ids."""

@@ -26,10 +26,10 @@ from stockkeeper.domain import (
     UnknownSku,
     Write,
 )
-from stockkeeper.store.protocol import Tx
+from stockkeeper.store.sql_tx import SqlTx
 
 
-async def apply_write(tx: Tx, write: Write) -> Receipt:
+async def apply_write(tx: SqlTx, write: Write) -> Receipt:
     key = write.idempotency_key
     if key is not None:
         prior = await tx.claim_key(write.user, key, write.request_hash)
@@ -56,7 +56,7 @@ async def apply_write(tx: Tx, write: Write) -> Receipt:
     return Receipt(changes)
 
 
-async def _change_stock(tx: Tx, write: Write) -> list[tuple[Item, int]]:
+async def _change_stock(tx: SqlTx, write: Write) -> list[tuple[Item, int]]:
     """Apply every line; returns (item after, delta) per line in request order."""
     if write.reason is Reason.SET:
         (line,) = write.lines
