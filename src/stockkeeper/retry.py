@@ -39,10 +39,10 @@ async def retrying(
             reason = transient(error)
             if reason is None:
                 raise
-            metrics.TRANSACTION_RETRIES.labels(reason=reason).inc()
             if attempt + 1 == policy.attempts_max:
                 raise Unavailable(
                     f"gave up after {policy.attempts_max} attempts ({reason})"
                 ) from error
+            metrics.TRANSACTION_RETRIES.labels(reason=reason).inc()
             await asyncio.sleep(policy.backoff_s(attempt))
     raise AssertionError("unreachable: the loop returns or raises")

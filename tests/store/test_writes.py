@@ -8,6 +8,7 @@ idempotent replays, append-only audit, hashed tokens.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack, closing
@@ -19,7 +20,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from stockkeeper import failpoints
+from stockkeeper import failpoints, metrics
 from stockkeeper.domain import (
     AuditEntry,
     Change,
@@ -532,6 +533,18 @@ async def test_retrying_gives_up_after_attempts_max_as_unavailable() -> None:
         await retrying(op, only_transient, NO_WAIT)
     assert op.calls == NO_WAIT.attempts_max
     assert raised.value.__cause__ is fault and raised.value.code == "unavailable"
+
+
+def busy_retries() -> float:
+    return metrics.TRANSACTION_RETRIES.labels(reason="busy")._value.get()
+
+
+@pytest.mark.parametrize("failures", [1, 100])
+async def test_the_retry_metric_counts_only_attempts_run_again(failures: int) -> None:
+    before = busy_retries()
+    with contextlib.suppress(Unavailable):
+        await retrying(FlakyOp(failures, Transient("busy")), only_transient, NO_WAIT)
+    assert busy_retries() - before == min(failures, NO_WAIT.attempts_max - 1)
 
 
 @pytest.mark.parametrize(
