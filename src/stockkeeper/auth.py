@@ -33,7 +33,9 @@ class TokenCache:
     ttl_s: float = 10.0
     unknown_ttl_s: float = 1.0
     entries_max: int = 10_000
-    _entries: dict[str, tuple[Principal | None, float]] = field(default_factory=dict)
+    _entries: dict[str, tuple[Principal | None, float]] = field(
+        default_factory=dict, init=False, repr=False
+    )
 
     def get(self, token: str) -> tuple[bool, Principal | None]:
         """(found, principal): found is False when the store must be asked."""

@@ -16,6 +16,8 @@ from prometheus_client import (
 CACHE_REQUESTS = Counter(
     "stockkeeper_cache_requests_total", "Item reads, by whether the cache answered.", ["result"]
 )
+# Bound once: a labels() lookup on every read costs a dict lookup and a lock.
+CACHE_MISSES = CACHE_REQUESTS.labels(result="miss")
 REQUEST_DURATION = Histogram(
     "stockkeeper_request_duration_seconds",
     "Time to answer an HTTP request, by route template.",

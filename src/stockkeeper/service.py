@@ -102,7 +102,7 @@ class Inventory:
         item = await self.store.get_item(sku)
         # Where a cache fill will race newer writes: tests hold a read here.
         await failpoints.hit("service.read.after_fetch")
-        metrics.CACHE_REQUESTS.labels(result="miss").inc()
+        metrics.CACHE_MISSES.inc()
         if item is None:
             raise UnknownSku(sku)
         if min_version is not None and item.version < min_version:

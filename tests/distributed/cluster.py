@@ -13,10 +13,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import asyncpg
 import httpx
 
-from tests.conftest import POSTGRES_URL
+from tests.conftest import POSTGRES_URL, admin_execute
 from tests.processes import STOCKKEEPER, free_port
 
 STARTUP_S_MAX = 30.0
@@ -24,14 +23,7 @@ TOKEN = re.compile(r"^sk_\S+$", re.MULTILINE)
 
 
 def _admin_sql(sql: str) -> None:
-    async def run() -> None:
-        conn = await asyncpg.connect(POSTGRES_URL)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(run())
+    asyncio.run(admin_execute(sql))
 
 
 @dataclass

@@ -8,6 +8,7 @@ for reachability, so a misconfigured deployment fails at start, not at cut-over.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable
 
 from stockkeeper.domain import Unavailable
@@ -41,8 +42,4 @@ async def ping_cache(url: str) -> None:
 def cache_probes(url: str) -> dict[str, Callable[[], Awaitable[None]]]:
     """Readiness probes for the cache: /readyz names it when it is down."""
     check_cache_url(url)
-
-    async def probe() -> None:
-        await ping_cache(url)
-
-    return {"cache": probe}
+    return {"cache": functools.partial(ping_cache, url)}
