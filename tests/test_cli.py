@@ -7,14 +7,19 @@ import os
 import re
 import signal
 import socket
+import sqlite3
 import time
+from contextlib import closing
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
+import asyncpg
 import httpx
 import pytest
 
-from stockkeeper.domain import Principal, Role
+from stockkeeper import auth
+from stockkeeper.domain import Principal, Role, Unauthenticated
 from stockkeeper.service import Inventory
 from tests.processes import STOCKKEEPER, free_port
 
@@ -137,6 +142,152 @@ async def test_token_create_rejects_a_bad_name(sqlite_url: str, tmp_path: Path, 
     assert "name" in assert_one_line_error(await run(*args, cwd=tmp_path))
 
 
+# --- token list and revoke -------------------------------------------------------------------
+
+RFC3339_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
+
+
+def table(stdout: str) -> list[list[str]]:
+    """`token list` cut at its header's column starts: only an aligned table reads back right
+    (cells may hold spaces)."""
+    lines = stdout.splitlines()
+    starts = [match.start() for match in re.finditer(r"\S+", lines[0])]
+    bounds = list(zip(starts, [*starts[1:], None], strict=True))
+    return [[line[a:b].strip() for a, b in bounds] for line in lines]
+
+
+def recent_utc(stamp: str) -> bool:
+    at = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    return RFC3339_UTC.fullmatch(stamp) is not None and abs(time.time() - at.timestamp()) < 60
+
+
+async def test_token_list_shows_every_token_and_never_a_secret(
+    database_url: str, tmp_path: Path
+) -> None:
+    async with await Inventory.open(database_url) as inventory:
+        first = await inventory.create_first_admin_token()
+        till = await inventory.create_token("till 7", Role.CLERK)
+        key = await inventory.store.token_key()
+    assert first is not None
+    revoked = await run("token", "revoke", "2", "--database", database_url, cwd=tmp_path)
+    assert (revoked.returncode, revoked.stdout) == (0, "revoked token 2 (till 7, clerk)\n")
+
+    result = await run("token", "list", "--database", database_url, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    header, admin, clerk = table(result.stdout)
+    assert header == ["ID", "NAME", "ROLE", "CREATED", "REVOKED"]
+    assert (admin[:3], admin[4]) == (["1", "admin", "admin"], "no")
+    assert clerk[:3] == ["2", "till 7", "clerk"]
+    assert recent_utc(admin[3]) and recent_utc(clerk[3]) and recent_utc(clerk[4])
+    assert clerk[3] <= clerk[4], "revoked after it was made"
+    for token in (first, till):
+        assert token.removeprefix("sk_") not in result.stdout
+        assert auth.token_hash(token, key).hex() not in result.stdout.lower()
+
+
+async def test_token_revoke_ends_one_token_and_keeps_its_row(
+    database_url: str, tmp_path: Path
+) -> None:
+    async with await Inventory.open(database_url) as inventory:
+        kiosk = await inventory.create_token("kiosk", Role.READER)
+        shop = await inventory.create_token("shop", Role.CLERK)
+    result = await run("token", "revoke", "1", "--database", database_url, cwd=tmp_path)
+    assert (result.returncode, result.stdout) == (0, "revoked token 1 (kiosk, reader)\n")
+    async with await Inventory.open(database_url) as inventory:
+        with pytest.raises(Unauthenticated):
+            await inventory.authenticate(kiosk)
+        assert await inventory.authenticate(shop) == Principal("shop", Role.CLERK)
+        assert [(t.name, t.revoked_at is not None) for t in await inventory.list_tokens()] == [
+            ("kiosk", True),
+            ("shop", False),
+        ]
+
+
+async def test_token_revoke_of_an_unknown_or_revoked_id_is_a_one_line_error(
+    database_url: str, tmp_path: Path
+) -> None:
+    async with await Inventory.open(database_url) as inventory:
+        await inventory.create_token("kiosk", Role.READER)
+    revoke = ("token", "revoke", "--database", database_url)
+    assert (await run(*revoke, "1", cwd=tmp_path)).returncode == 0
+    again = assert_one_line_error(await run(*revoke, "1", cwd=tmp_path))
+    assert re.fullmatch(r"Error: id: token 1 \(kiosk\) was already revoked at \S+Z", again)
+    unknown = assert_one_line_error(await run(*revoke, "99", cwd=tmp_path))
+    assert unknown == "Error: id: no token has id 99"
+
+
+@pytest.mark.parametrize(("token_id", "says"), [("x", "not a valid integer"), ("0", "id")])
+async def test_token_revoke_rejects_a_malformed_id(
+    sqlite_url: str, tmp_path: Path, token_id: str, says: str
+) -> None:
+    result = await run("token", "revoke", token_id, "--database", sqlite_url, cwd=tmp_path)
+    assert result.returncode != 0 and result.stdout == ""
+    assert "Traceback" not in result.stderr
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert len(error_lines) == 1 and says in error_lines[0], result.stderr
+
+
+# The token table as the first release made it: no id, no revoked_at.
+FIRST_RELEASE_TOKENS = {
+    "postgres": """
+        CREATE TABLE stockkeeper_meta (key text PRIMARY KEY, value text NOT NULL);
+        CREATE TABLE tokens (
+            hash bytea PRIMARY KEY,
+            name text NOT NULL,
+            role text NOT NULL CHECK (role IN ('reader', 'clerk', 'admin')),
+            created_at timestamptz NOT NULL DEFAULT now()
+        );
+    """,
+    "sqlite": """
+        CREATE TABLE stockkeeper_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        CREATE TABLE tokens (
+            hash BLOB PRIMARY KEY,
+            name TEXT NOT NULL,
+            role TEXT NOT NULL CHECK (role IN ('reader', 'clerk', 'admin')),
+            created_at REAL NOT NULL
+        );
+    """,
+}
+
+
+async def make_first_release_database(database_url: str, token: str) -> None:
+    key = bytes(range(32))
+    meta = (("schema_version", "1"), ("token_key", key.hex()))
+    row = (auth.token_hash(token, key), "veteran", "admin", time.time())
+    if database_url.startswith("postgresql://"):
+        conn = await asyncpg.connect(database_url)
+        try:
+            await conn.execute(FIRST_RELEASE_TOKENS["postgres"])
+            await conn.executemany("INSERT INTO stockkeeper_meta VALUES ($1, $2)", meta)
+            await conn.execute(
+                "INSERT INTO tokens (hash, name, role) VALUES ($1, $2, $3)", *row[:3]
+            )
+        finally:
+            await conn.close()
+        return
+    with closing(sqlite3.connect(database_url.removeprefix("sqlite:///"))) as conn:
+        conn.executescript(FIRST_RELEASE_TOKENS["sqlite"])
+        conn.executemany("INSERT INTO stockkeeper_meta VALUES (?, ?)", meta)
+        conn.execute("INSERT INTO tokens VALUES (?, ?, ?, ?)", row)
+        conn.commit()
+
+
+async def test_a_first_release_database_upgrades_its_tokens(
+    database_url: str, tmp_path: Path
+) -> None:
+    token = auth.new_token()
+    await make_first_release_database(database_url, token)
+    result = await run("token", "list", "--database", database_url, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (_, veteran) = table(result.stdout)
+    assert veteran[:3] == ["1", "veteran", "admin"] and veteran[4] == "no"
+    assert await authenticates_as(database_url, token) == Principal("veteran", Role.ADMIN)
+    result = await run("token", "revoke", "1", "--database", database_url, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    with pytest.raises(Unauthenticated):
+        await authenticates_as(database_url, token)
+
+
 # --- unusable database or cache: one line, non-zero, fast -----------------------------------
 
 TOKEN_CREATE = ("token", "create", "x", "--role", "clerk", "--database")
@@ -156,6 +307,14 @@ UNUSABLE = {
         "sk-no-such-dir",
     ),
     "token-unsupported-url": ((*TOKEN_CREATE, "mysql://127.0.0.1/x"), "mysql"),
+    "token-list-postgres-unreachable": (
+        ("token", "list", "--database", UNREACHABLE_POSTGRES),
+        "unreachable",
+    ),
+    "token-revoke-postgres-unreachable": (
+        ("token", "revoke", "1", "--database", UNREACHABLE_POSTGRES),
+        "unreachable",
+    ),
     "serve-postgres-unreachable": (("serve", "--database", UNREACHABLE_POSTGRES), "unreachable"),
     "serve-postgres-no-such-database": (("serve", "--database", NO_SUCH_DB), "sk_no_such_db"),
     "serve-sqlite-no-such-directory": (

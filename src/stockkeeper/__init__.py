@@ -16,6 +16,7 @@ from stockkeeper.domain import (
     InsufficientStock,
     InvalidRequest,
     Item,
+    ItemRead,
     OrderLine,
     Principal,
     Receipt,
@@ -26,7 +27,7 @@ from stockkeeper.domain import (
     Unavailable,
     UnknownSku,
 )
-from stockkeeper.service import Inventory, ItemRead
+from stockkeeper.service import Inventory
 
 __all__ = [
     "AuditEntry",

@@ -2,15 +2,15 @@
 
 Tokens carry 256 random bits, so a slow password hash buys nothing: a keyed BLAKE2b (the key
 lives in the database, made at first start) is enough to make a stolen token table useless
-without that key. Verified principals are remembered for a few seconds, so a request usually
-pays one dict lookup for auth.
+without that key. Each process holds a snapshot of every live token's hash (kept fresh by
+`live_tokens.LiveTokens`), so verifying a token is one hash and one dict lookup.
 """
 
 from __future__ import annotations
 
 import hashlib
 import secrets
-import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from stockkeeper.domain import Principal
@@ -26,26 +26,17 @@ def token_hash(token: str, key: bytes) -> bytes:
     return hashlib.blake2b(token.encode(), key=key, digest_size=32).digest()
 
 
-@dataclass(slots=True)
-class TokenCache:
-    """Token → principal (or None for unknown), each for at most ttl_s; bounded in size."""
+@dataclass(frozen=True, slots=True)
+class TokenSnapshot:
+    """Every live token's hash → principal, as of the store's token change counter
+    `generation` (None: never loaded). Immutable, so a refresh swaps it whole under readers."""
 
-    ttl_s: float = 10.0
-    unknown_ttl_s: float = 1.0
-    entries_max: int = 10_000
-    _entries: dict[str, tuple[Principal | None, float]] = field(
-        default_factory=dict, init=False, repr=False
-    )
+    generation: int | None = None
+    principals: Mapping[bytes, Principal] = field(default_factory=dict)
 
-    def get(self, token: str) -> tuple[bool, Principal | None]:
-        """(found, principal): found is False when the store must be asked."""
-        entry = self._entries.get(token)
-        if entry is None or entry[1] < time.monotonic():
-            return False, None
-        return True, entry[0]
+    def find(self, token_hash: bytes) -> Principal | None:
+        return self.principals.get(token_hash)
 
-    def put(self, token: str, principal: Principal | None) -> None:
-        if len(self._entries) >= self.entries_max:
-            self._entries.clear()
-        ttl_s = self.ttl_s if principal is not None else self.unknown_ttl_s
-        self._entries[token] = (principal, time.monotonic() + ttl_s)
+    def with_token(self, token_hash: bytes, principal: Principal) -> TokenSnapshot:
+        """This snapshot plus one token; the generation stays, so the next check reloads."""
+        return TokenSnapshot(self.generation, {**self.principals, token_hash: principal})

@@ -1,4 +1,4 @@
-"""Command line: `stockkeeper serve` and `stockkeeper token create`."""
+"""Command line: `stockkeeper serve` and `stockkeeper token create|list|revoke`."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import click
 
 from stockkeeper.cache import DEFAULT_CACHE_URL, ping_cache
-from stockkeeper.domain import Role, StockkeeperError
+from stockkeeper.domain import Role, StockkeeperError, TokenInfo, format_timestamp
 from stockkeeper.service import Inventory
 from stockkeeper.store import DEFAULT_DATABASE_URL, StoreOptions
 
@@ -129,3 +129,38 @@ def token_create(name: str, role: str, database_url: str) -> None:
             return await inventory.create_token(name, Role.parse(role))
 
     click.echo(_run(create))
+
+
+@token.command("list")
+@database_option
+def token_list(database_url: str) -> None:
+    """Show every token's id, name, role, creation time and whether it is revoked (never the
+    token itself)."""
+
+    async def listing() -> list[TokenInfo]:
+        async with await Inventory.open(database_url, StoreOptions(pool_size=1)) as inventory:
+            return await inventory.list_tokens()
+
+    rows = [("ID", "NAME", "ROLE", "CREATED", "REVOKED")]
+    for info in _run(listing):
+        revoked = "no" if info.revoked_at is None else format_timestamp(info.revoked_at)
+        role, created = info.role.name.lower(), format_timestamp(info.created_at)
+        rows.append((str(info.id), info.name, role, created, revoked))
+    widths = [max(len(row[n]) for row in rows) for n in range(len(rows[0]))]
+    for row in rows:
+        cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        click.echo("  ".join(cells).rstrip())
+
+
+@token.command("revoke")
+@click.argument("token_id", metavar="ID", type=int)
+@database_option
+def token_revoke(token_id: int, database_url: str) -> None:
+    """End the token with id ID (see `token list`); every server refuses it within 1 s."""
+
+    async def revoke() -> TokenInfo:
+        async with await Inventory.open(database_url, StoreOptions(pool_size=1)) as inventory:
+            return await inventory.revoke_token(token_id)
+
+    info = _run(revoke)
+    click.echo(f"revoked token {info.id} ({info.name}, {info.role.name.lower()})")

@@ -51,6 +51,17 @@ class Principal:
 
 
 @dataclass(frozen=True, slots=True)
+class TokenInfo:
+    """A token as `token list` shows it: never the token or its hash, which stay secret."""
+
+    id: int
+    name: str
+    role: Role
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
 class Item:
     sku: str
     on_hand: int
@@ -58,6 +69,25 @@ class Item:
 
     def to_json(self) -> dict[str, Any]:
         return {"sku": self.sku, "on_hand": self.on_hand, "version": self.version}
+
+
+@dataclass(frozen=True, slots=True)
+class ItemRead:
+    """A read's answer, and whether this server answered it without reading the database."""
+
+    item: Item
+    cache_hit: bool
+
+
+@dataclass(frozen=True, slots=True)
+class FeedEntry:
+    """One committed change as the change feed carries it: the state it produced, and the
+    database's timestamp of its audit entry (seconds since the epoch), for visibility lag."""
+
+    sku: str
+    version: int
+    on_hand: int
+    at_s: float
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,6 +29,7 @@ POINTS = frozenset(
         "store.write.before_audit",
         "store.write.before_commit",
         "service.read.after_fetch",
+        "cache.push.before",
     }
 )
 

@@ -17,7 +17,13 @@ CACHE_REQUESTS = Counter(
     "stockkeeper_cache_requests_total", "Item reads, by whether the cache answered.", ["result"]
 )
 # Bound once: a labels() lookup on every read costs a dict lookup and a lock.
+CACHE_HITS = CACHE_REQUESTS.labels(result="hit")
 CACHE_MISSES = CACHE_REQUESTS.labels(result="miss")
+ITEM_DB_READS = Counter(
+    "stockkeeper_item_database_reads_total",
+    "Item reads that went to the database (cache misses, loads shared by several reads count "
+    "once, early refreshes, and every read while the cache is unreachable).",
+)
 REQUEST_DURATION = Histogram(
     "stockkeeper_request_duration_seconds",
     "Time to answer an HTTP request, by route template.",
@@ -38,6 +44,24 @@ TRANSACTION_RETRIES = Counter(
     "stockkeeper_transaction_retries_total",
     "Transactions run again after a transient fault, by fault.",
     ["reason"],
+)
+TOKEN_SNAPSHOT_CHECKS = Counter(
+    "stockkeeper_token_snapshot_checks_total",
+    "Queries of the token change counter sent to keep this process's token snapshot current.",
+)
+TOKEN_SNAPSHOT_LOADS = Counter(
+    "stockkeeper_token_snapshot_loads_total",
+    "Loads of every live token into this process's snapshot (after the counter moved).",
+)
+TOKEN_SNAPSHOT_FAILURES = Counter(
+    "stockkeeper_token_snapshot_failures_total",
+    "Token snapshot refreshes that failed or timed out; the last snapshot kept serving.",
+)
+IDEMPOTENCY_KEY_PURGES = Counter(
+    "stockkeeper_idempotency_key_purges_total",
+    "Purge attempts of old idempotency keys, by result: ran, or skipped because another "
+    "process holds the purge or the cluster purged within the interval.",
+    ["result"],
 )
 
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
 import orjson
 
 from stockkeeper import auth, failpoints, metrics
+from stockkeeper.cache import DEFAULT_CACHE_URL, ReadCache, open_cache
+from stockkeeper.cache.base import DirectReads
 from stockkeeper.domain import (
     AUDIT_PAGE_LIMIT_MAX,
     ON_HAND_MAX,
@@ -24,6 +25,7 @@ from stockkeeper.domain import (
     FieldError,
     InvalidRequest,
     Item,
+    ItemRead,
     LineChange,
     OrderLine,
     Principal,
@@ -31,21 +33,19 @@ from stockkeeper.domain import (
     Receipt,
     Role,
     StockkeeperError,
+    TokenInfo,
     Unauthenticated,
     UnknownSku,
     Write,
     check_order_lines,
+    format_timestamp,
 )
+from stockkeeper.live_tokens import LiveTokens
 from stockkeeper.store import DEFAULT_DATABASE_URL, Store, StoreOptions, open_store
 
 VERSION_MAX = 2**63 - 1
+READ_MANY_MAX = 100
 FIRST_ADMIN_NAME = "admin"
-
-
-@dataclass(frozen=True, slots=True)
-class ItemRead:
-    item: Item
-    cache_hit: bool
 
 
 class Inventory:
@@ -55,9 +55,10 @@ class Inventory:
     unknown fields, say), so one InvalidRequest reports every error at once.
     """
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, cache: ReadCache | None = None) -> None:
         self.store = store
-        self._tokens = auth.TokenCache()
+        self.cache: ReadCache = cache if cache is not None else DirectReads(store)
+        self._tokens = LiveTokens(store)
 
     @classmethod
     async def open(
@@ -65,18 +66,29 @@ class Inventory:
         database_url: str = DEFAULT_DATABASE_URL,
         options: StoreOptions | None = None,
         *,
+        cache_url: str = DEFAULT_CACHE_URL,
         migrate: bool = True,
     ) -> Inventory:
+        """Connect to the database (creating or upgrading its schema) and start the cache
+        `cache_url` names: `memory://` (in-process) or `redis://…` (shared)."""
         store = await open_store(database_url, options)
-        if migrate:
-            try:
+        try:
+            if migrate:
                 await store.migrate()
-            except BaseException:
-                await store.close()
-                raise
-        return cls(store)
+            cache = await open_cache(cache_url, store)
+        except BaseException:
+            await store.close()
+            raise
+        return cls(store, cache)
+
+    async def start(self) -> None:
+        """Begin what a long-running server needs: the token snapshot checked in the
+        background, so a token revoked anywhere is refused here within a second."""
+        self._tokens.start()
 
     async def close(self) -> None:
+        await self._tokens.close()
+        await self.cache.close()
         await self.store.close()
 
     async def __aenter__(self) -> Inventory:
@@ -93,24 +105,43 @@ class Inventory:
     # --- reads ------------------------------------------------------------------------------
 
     async def read(self, sku: str, *, min_version: int | None = None) -> ItemRead:
-        """The one read path: the answer's version is at least `min_version`, or an error."""
+        """The one read path: the answer's version is at least `min_version`, or an error. It
+        is never older than any answer any read returned before this one began."""
         checks = Checks()
         checks.sku("sku", sku)
         if min_version is not None:
             checks.integer("min_version", min_version, 1, VERSION_MAX)
         checks.raise_if_any()
-        item = await self.store.get_item(sku)
-        # Where a cache fill will race newer writes: tests hold a read here.
-        await failpoints.hit("service.read.after_fetch")
-        metrics.CACHE_MISSES.inc()
-        if item is None:
+        read = await self.cache.read(sku, min_version)
+        if read is None:
             raise UnknownSku(sku)
-        if min_version is not None and item.version < min_version:
-            # The database is the newest truth: a version it has not reached never committed.
+        if min_version is not None and read.item.version < min_version:
+            # The cache read through to the database: a version it has not reached never
+            # committed.
             raise InvalidRequest(
-                [FieldError("min_version", f"ahead of the newest committed version {item.version}")]
+                [
+                    FieldError(
+                        "min_version", f"ahead of the newest committed version {read.item.version}"
+                    )
+                ]
             )
-        return ItemRead(item, cache_hit=False)
+        return read
+
+    async def read_many(self, skus: Sequence[str]) -> tuple[list[ItemRead], list[str]]:
+        """1 to READ_MANY_MAX distinct SKUs in one cache round trip: (found, in request order;
+        unknown SKUs). Each item obeys the same rules as `read`."""
+        checks = Checks()
+        if not 1 <= len(skus) <= READ_MANY_MAX:
+            checks.fail("sku", f"give 1 to {READ_MANY_MAX} SKUs")
+        elif len(set(skus)) != len(skus):
+            checks.fail("sku", "each SKU at most once")
+        for sku in skus:
+            checks.sku("sku", sku)
+        checks.raise_if_any()
+        reads = await self.cache.read_many(skus)
+        found = [read for read in reads if read is not None]
+        unknown = [sku for sku, read in zip(skus, reads, strict=True) if read is None]
+        return found, unknown
 
     async def get_stock(self, sku: str, *, min_version: int | None = None) -> Item:
         return (await self.read(sku, min_version=min_version)).item
@@ -240,18 +271,19 @@ class Inventory:
         except StockkeeperError as error:
             metrics.STOCK_CHANGES.labels(outcome=error.code).inc()
             raise
+        if not receipt.replayed:
+            # Committed: from here on a crash leaves the change to the change feed.
+            await failpoints.hit("cache.push.before")
+            await self.cache.committed(receipt.changes)
         metrics.STOCK_CHANGES.labels(outcome="replayed" if receipt.replayed else "applied").inc()
         return receipt
 
     # --- principals -------------------------------------------------------------------------
 
     async def authenticate(self, token: str) -> Principal:
-        found, principal = self._tokens.get(token)
-        if not found:
-            principal = await self.store.find_principal(
-                auth.token_hash(token, await self.store.token_key())
-            )
-            self._tokens.put(token, principal)
+        """The token's principal, from this process's snapshot of live tokens: no query unless
+        the token is unknown here. Unavailable if only the database could tell."""
+        principal = await self._tokens.find(token)
         if principal is None:
             raise Unauthenticated("unknown bearer token")
         return principal
@@ -263,20 +295,51 @@ class Inventory:
             checks.fail("name", "a token needs a name: it becomes the audit user")
         checks.raise_if_any()
         token = auth.new_token()
-        await self.store.add_token(
-            auth.token_hash(token, await self.store.token_key()), Principal(name, role)
-        )
+        token_hash = auth.token_hash(token, await self.store.token_key())
+        principal = Principal(name, role)
+        await self.store.add_token(token_hash, principal)
+        self._tokens.add(token_hash, principal)
         return token
 
     async def create_first_admin_token(self) -> str | None:
         """On an empty database, make the first admin token and return it; else None."""
         token = auth.new_token()
-        key = await self.store.token_key()
-        created = await self.store.add_first_admin(auth.token_hash(token, key), FIRST_ADMIN_NAME)
-        return token if created else None
+        token_hash = auth.token_hash(token, await self.store.token_key())
+        if not await self.store.add_first_admin(token_hash, FIRST_ADMIN_NAME):
+            return None
+        self._tokens.add(token_hash, Principal(FIRST_ADMIN_NAME, Role.ADMIN))
+        return token
 
-    async def purge_idempotency_keys(self, older_than_s: int) -> int:
-        return await self.store.purge_idempotency_keys(older_than_s)
+    async def list_tokens(self) -> list[TokenInfo]:
+        """Every token, revoked ones too, by id: never a token or its hash."""
+        return await self.store.list_tokens()
+
+    async def revoke_token(self, token_id: int) -> TokenInfo:
+        """End a token: refused here at once and by every started server within a second. Its
+        row stays, marked revoked."""
+        checks = Checks()
+        checks.integer("id", token_id, 1, VERSION_MAX)
+        checks.raise_if_any()
+        revoked = await self.store.revoke_token(token_id)
+        if revoked is None:
+            known = {info.id: info for info in await self.store.list_tokens()}
+            if token_id not in known:
+                raise InvalidRequest([FieldError("id", f"no token has id {token_id}")])
+            info = known[token_id]
+            assert info.revoked_at is not None, "a live token's revoke updates its row"
+            at = format_timestamp(info.revoked_at)
+            raise InvalidRequest(
+                [FieldError("id", f"token {token_id} ({info.name}) was already revoked at {at}")]
+            )
+        await self._tokens.refresh()
+        return revoked
+
+    async def purge_idempotency_keys(self, older_than_s: int, *, every_s: int) -> int | None:
+        """Delete keys older than `older_than_s`, unless some process of the cluster did within
+        `every_s` (or is at it now): the number deleted, or None when skipped."""
+        purged = await self.store.purge_idempotency_keys(older_than_s, every_s)
+        metrics.IDEMPOTENCY_KEY_PURGES.labels(result="skipped" if purged is None else "ran").inc()
+        return purged
 
     async def ping(self) -> None:
         await self.store.ping()

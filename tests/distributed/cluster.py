@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,12 @@ class Cluster:
     database_url: str
     admin_token: str
     clerk_token: str
+    processes: list[subprocess.Popen[bytes]]
+
+    def kill(self, n: int) -> None:
+        """SIGKILL server `n` and its workers: no shutdown, no last words."""
+        os.killpg(self.processes[n].pid, signal.SIGKILL)
+        self.processes[n].wait()
 
 
 def _wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
@@ -66,10 +73,16 @@ def _create_token(database_url: str, name: str, role: str) -> str:
 
 @contextmanager
 def running_servers(
-    tmp: Path, database_url: str, servers: int, workers: int = 1
+    tmp: Path,
+    database_url: str,
+    servers: int,
+    workers: int = 1,
+    cache_url: str = "memory://",
+    env: Mapping[int, Mapping[str, str]] | None = None,
 ) -> Iterator[Cluster]:
-    """Start `servers` serve commands (of `workers` processes each) on one database; stop them
-    afterwards."""
+    """Start `servers` serve commands (of `workers` processes each) on one database and cache;
+    `env` adds environment variables to the servers it names by index (failpoints, say). Stop
+    them afterwards."""
     processes: list[subprocess.Popen[bytes]] = []
     try:
         urls, admin_tokens = [], []
@@ -78,9 +91,11 @@ def running_servers(
             log, out = tmp / f"server-{n}.log", tmp / f"server-{n}.out"
             command = [STOCKKEEPER, "serve", "--port", str(port), "--workers", str(workers)]
             process = subprocess.Popen(
-                [*command, "--database", database_url],
+                [*command, "--database", database_url, "--cache", cache_url],
                 stdout=out.open("wb"),
                 stderr=log.open("wb"),
+                env={**os.environ, **((env or {}).get(n, {}))},
+                start_new_session=True,  # its own process group, so kill() reaches workers
             )
             processes.append(process)
             url = f"http://127.0.0.1:{port}"
@@ -89,10 +104,11 @@ def running_servers(
             admin_tokens += TOKEN.findall(out.read_text())
         assert len(admin_tokens) == 1, "only the first start prints the admin token, once"
         clerk = _create_token(database_url, "shop", "clerk")
-        yield Cluster(urls, database_url, admin_tokens[0], clerk)
+        yield Cluster(urls, database_url, admin_tokens[0], clerk, processes)
     finally:
         for process in processes:
-            process.send_signal(signal.SIGTERM)
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
         for process in processes:
             try:
                 process.wait(timeout=10)
@@ -101,7 +117,12 @@ def running_servers(
 
 
 @contextmanager
-def running_cluster(tmp: Path, servers: int, workers: int = 1) -> Iterator[Cluster]:
-    """Servers sharing one fresh PostgreSQL schema."""
-    with fresh_schema() as database_url, running_servers(tmp, database_url, servers, workers) as c:
-        yield c
+def running_cluster(
+    tmp: Path, servers: int, workers: int = 1, cache_url: str = "memory://"
+) -> Iterator[Cluster]:
+    """Servers sharing one fresh PostgreSQL schema (and the cache at `cache_url`)."""
+    with (
+        fresh_schema() as database_url,
+        running_servers(tmp, database_url, servers, workers, cache_url) as cluster,
+    ):
+        yield cluster

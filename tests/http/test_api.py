@@ -18,7 +18,6 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from stockkeeper.cache import cache_probes
 from stockkeeper.domain import Role
 from stockkeeper.http.app import App
 from stockkeeper.service import Inventory
@@ -191,9 +190,9 @@ async def readyz_with_cache(database_url: str, cache_url: str) -> httpx.Response
     """GET /readyz from a started app (lifespan and all) whose cache is at `cache_url`."""
 
     async def open_inventory() -> Inventory:
-        return await Inventory.open(database_url)
+        return await Inventory.open(database_url, cache_url=cache_url)
 
-    app = App(open_inventory, probes=cache_probes(cache_url))
+    app = App(open_inventory)
     await app.startup()
     try:
         async with client(app) as http:
@@ -244,6 +243,40 @@ async def test_get_item_min_version(api: Api, min_version: int) -> None:
     assert item == {"sku": "A-1", "on_hand": 6, "version": 3}
     assert item["version"] >= min_version
     assert response.headers["etag"] == f'"{item["version"]}"'
+
+
+async def test_get_items_in_the_requests_order_with_the_unknown(api: Api) -> None:
+    await seed(api, {"A-1": 4, "B-2": 0, "C-3": 7})
+    ok(await send(api, purchase("A-1", 1)))
+    response = await send(api, get("/v1/items?sku=C-3&sku=NOPE&sku=A-1&sku=B-2"))
+    assert ok(response) == {
+        "items": [
+            {"sku": "C-3", "on_hand": 7, "version": 1},
+            {"sku": "A-1", "on_hand": 3, "version": 2},
+            {"sku": "B-2", "on_hand": 0, "version": 1},
+        ],
+        "unknown": ["NOPE"],
+    }
+    assert response.headers["x-cache"] == "miss"  # NOPE needed a database read
+
+
+async def test_get_items_is_a_hit_once_every_item_is_cached(api: Api) -> None:
+    """On the embedded cache (SQLite) the second batch needs no database read."""
+    await seed(api, {"A-1": 4, "B-2": 5})
+    ok(await send(api, get("/v1/items?sku=A-1&sku=B-2")))
+    again = await send(api, get("/v1/items?sku=B-2&sku=A-1"))
+    assert [item["sku"] for item in ok(again)["items"]] == ["B-2", "A-1"]
+    caches = api.http._transport.app.inventory.cache  # type: ignore[attr-defined]
+    from stockkeeper.cache.memory import ProvenMemoryCache
+
+    assert again.headers["x-cache"] == ("hit" if isinstance(caches, ProvenMemoryCache) else "miss")
+
+
+async def test_get_items_takes_100_skus(api: Api) -> None:
+    await seed(api, {"A-1": 1})
+    query = "&".join(f"sku=X-{n}" for n in range(99))
+    body = ok(await send(api, get(f"/v1/items?sku=A-1&{query}")))
+    assert len(body["items"]) == 1 and len(body["unknown"]) == 99
 
 
 # --- single-SKU changes, orders, audit ----------------------------------------------------------

@@ -178,7 +178,7 @@ for name, call in {
     "unknown-path": get("/v1/nothing", READER),
     "under-item": get("/v1/items/A-1/extra", READER),
     "empty-sku": Call("PUT", "/v1/items/", ADMIN, {"on_hand": 1}),
-    "items-collection": get("/v1/items", READER),
+    "items-collection-slash": get("/v1/items/", READER),
 }.items():
     case(f"404-not-found-{name}", call, 404, "not_found")
 for name, (call, allow) in {
@@ -337,6 +337,12 @@ for name, (call, fields) in {
         ("after_version",),
     ),
     "audit-unknown-sku-bad-limit": (get("/v1/items/NOPE/audit?limit=0", ADMIN), ("limit",)),
+    "batch-no-sku": (get("/v1/items"), ("sku",)),
+    "batch-blank-sku": (get("/v1/items?sku="), ("sku",)),
+    "batch-bad-sku": (get("/v1/items?sku=A-1&sku=a%20b"), ("sku",)),
+    "batch-duplicate-sku": (get("/v1/items?sku=A-1&sku=A-1"), ("sku",)),
+    "batch-101-skus": (get("/v1/items?" + "&".join(f"sku=X-{n}" for n in range(101))), ("sku",)),
+    "batch-unknown-parameter": (get("/v1/items?sku=A-1&colour=red"), ("colour",)),
 }.items():
     invalid(f"422-{name}", call, *fields)
 # The answer's version must be >= min_version: a version the database never reached is refused.
@@ -464,7 +470,8 @@ async def test_unavailable_after_retries_changes_nothing(
     assert attempts == RetryPolicy().attempts_max
 
 
-WRITE_POINTS = sorted(failpoints.POINTS - {"service.read.after_fetch"})
+# The points before COMMIT: a crash at any of them must leave no trace.
+WRITE_POINTS = sorted(p for p in failpoints.POINTS if p.startswith("store.write."))
 
 
 @pytest.mark.parametrize("point", WRITE_POINTS)

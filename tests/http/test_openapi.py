@@ -16,7 +16,6 @@ from jsonschema import Draft202012Validator
 from referencing import Registry
 from referencing.jsonschema import DRAFT202012
 
-from stockkeeper.cache import cache_probes
 from stockkeeper.domain import ON_HAND_MAX, ORDER_LINES_MAX, QUANTITY_MAX, Role
 from stockkeeper.http.app import App
 from stockkeeper.http.messages import BODY_BYTES_MAX
@@ -301,10 +300,9 @@ async def test_unavailable_answers_match_the_spec(database_url: str) -> None:
     """503s need a dead dependency: an app not started yet, then one whose cache is down."""
 
     async def open_inventory() -> Inventory:
-        return await Inventory.open(database_url)
+        return await Inventory.open(database_url, cache_url="redis://127.0.0.1:1/0")
 
-    dead_cache = cache_probes("redis://127.0.0.1:1/0")
-    app = App(open_inventory, probes=dead_cache)
+    app = App(open_inventory)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://stockkeeper") as http:
         for template in (ITEM, "/readyz"):

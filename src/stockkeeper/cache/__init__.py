@@ -1,20 +1,22 @@
-"""Caches in front of the store's read path.
+"""Caches in front of the store's one read path (docs/cache.md).
 
-`memory://` is the in-process cache of the embedded default; `redis://…` the shared cache of the
-distributed setup. Reads still go to the database in this release: the coherent cache lands on
-the service's one read path (`Inventory.read`) next. Until then a configured Redis is checked
-for reachability, so a misconfigured deployment fails at start, not at cut-over.
+`memory://` is the embedded default: on SQLite, a per-process cache that proves itself current on
+every read; on PostgreSQL it caches nothing, since it could not. `redis://…` is the shared
+cache of the distributed setup.
 """
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Awaitable, Callable
-
+from stockkeeper.cache.base import DirectReads, ReadCache
+from stockkeeper.cache.memory import ProvenMemoryCache
+from stockkeeper.cache.resp import CacheUnavailable, RespClient
 from stockkeeper.domain import Unavailable
+from stockkeeper.store import Store
 
 DEFAULT_CACHE_URL = "memory://"
 CACHE_SCHEMES = ("memory://", "redis://", "rediss://", "unix://")
+
+__all__ = ["DEFAULT_CACHE_URL", "ReadCache", "check_cache_url", "open_cache", "ping_cache"]
 
 
 def check_cache_url(url: str) -> None:
@@ -22,24 +24,34 @@ def check_cache_url(url: str) -> None:
         raise ValueError(f"unsupported cache URL {url!r}: use memory:// or redis://host:port/db")
 
 
+async def open_cache(url: str, store: Store) -> ReadCache:
+    """The cache a URL names, over `store`, started."""
+    check_cache_url(url)
+    cache: ReadCache
+    if url.startswith("memory://"):
+        view = store.local_view()
+        cache = DirectReads(store) if view is None else ProvenMemoryCache(store, view)
+    else:
+        from stockkeeper.cache.redis import RedisCache, RedisCacheOptions
+        from stockkeeper.cache.scripts import Keys
+
+        options = RedisCacheOptions()
+        client = RespClient.from_url(url, timeout_ms=options.timeout_ms)
+        keys = Keys.for_database(await store.token_key())
+        cache = RedisCache(client, store, keys, options)
+    await cache.start()
+    return cache
+
+
 async def ping_cache(url: str) -> None:
-    """Raise unless the cache answers (the in-process cache always does)."""
+    """Raise Unavailable unless the cache at `url` answers (the in-process cache always does)."""
     check_cache_url(url)
     if url.startswith("memory://"):
         return
-    import redis.asyncio as redis
-    from redis.exceptions import RedisError
-
-    client = redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+    client = RespClient.from_url(url, timeout_ms=2000, connect_timeout_ms=2000)
     try:
-        await client.ping()
-    except RedisError as error:
+        await client.call("PING")
+    except CacheUnavailable as error:
         raise Unavailable(f"cache unreachable at {url}: {error}") from error
     finally:
-        await client.aclose()
-
-
-def cache_probes(url: str) -> dict[str, Callable[[], Awaitable[None]]]:
-    """Readiness probes for the cache: /readyz names it when it is down."""
-    check_cache_url(url)
-    return {"cache": functools.partial(ping_cache, url)}
+        await client.close()

@@ -10,15 +10,18 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from stockkeeper import failpoints, metrics
-from stockkeeper.cache import DEFAULT_CACHE_URL, cache_probes
+from stockkeeper.cache import DEFAULT_CACHE_URL
 from stockkeeper.domain import (
     MISSING,
+    FieldError,
     Forbidden,
+    InvalidRequest,
     Receipt,
     Role,
     StockkeeperError,
@@ -43,7 +46,8 @@ from stockkeeper.store import DEFAULT_DATABASE_URL, StoreOptions
 log = logging.getLogger("stockkeeper.http")
 
 IDEMPOTENCY_KEYS_KEPT_S = 25 * 3600  # API.md promises at least 24 hours
-IDEMPOTENCY_PURGE_EVERY_S = 3600
+IDEMPOTENCY_PURGE_EVERY_S = 3600  # per cluster: the store lets one process purge per interval
+IDEMPOTENCY_PURGE_WAKE_S_MAX = 300  # each process asks at jittered times up to this far apart
 Handler = Callable[[Request], Awaitable[Response]]
 
 
@@ -59,13 +63,8 @@ def _change_response(receipt: Receipt, body: dict[str, Any], status: int = 200) 
 class App:
     """ASGI application. Opens its Inventory at lifespan startup, or is handed one."""
 
-    def __init__(
-        self,
-        open_inventory: Callable[[], Awaitable[Inventory]],
-        probes: dict[str, Callable[[], Awaitable[None]]] | None = None,
-    ) -> None:
+    def __init__(self, open_inventory: Callable[[], Awaitable[Inventory]]) -> None:
         self._open_inventory = open_inventory
-        self._extra_probes = probes or {}
         self._inventory: Inventory | None = None
         self._purger: asyncio.Task[None] | None = None
         self._handlers: dict[str, Handler] = {
@@ -116,6 +115,7 @@ class App:
         failpoints.arm_from_env()
         if self._inventory is None:
             self._inventory = await self._open_inventory()
+        await self._inventory.start()
         self._purger = asyncio.create_task(self._purge_idempotency_keys())
 
     async def shutdown(self) -> None:
@@ -130,11 +130,14 @@ class App:
     async def _purge_idempotency_keys(self) -> None:
         while True:
             try:
-                await self.inventory.purge_idempotency_keys(IDEMPOTENCY_KEYS_KEPT_S)
+                await self.inventory.purge_idempotency_keys(
+                    IDEMPOTENCY_KEYS_KEPT_S, every_s=IDEMPOTENCY_PURGE_EVERY_S
+                )
             except Exception:
                 # Keys only pile up while this fails; the service itself is unaffected.
                 log.exception("idempotency key purge failed; trying again later")
-            await asyncio.sleep(IDEMPOTENCY_PURGE_EVERY_S)
+            # Jittered, so the workers of a cluster do not all ask at the same moment.
+            await asyncio.sleep(random.uniform(0.5, 1.0) * IDEMPOTENCY_PURGE_WAKE_S_MAX)
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
@@ -197,6 +200,18 @@ class App:
             (b"x-cache", b"hit" if read.cache_hit else b"miss"),
         ]
         return json_response(200, read.item.to_json(), headers)
+
+    async def get_items(self, request: Request) -> Response:
+        names = {name for name, _ in request.query_pairs()}
+        if names - {"sku"}:
+            raise InvalidRequest(
+                [FieldError(name, "unknown parameter") for name in sorted(names - {"sku"})]
+            )
+        skus = [value for _, value in request.query_pairs()]
+        found, unknown = await self.inventory.read_many(skus)
+        hit = not unknown and all(read.cache_hit for read in found)
+        body = {"items": [read.item.to_json() for read in found], "unknown": unknown}
+        return json_response(200, body, [(b"x-cache", b"hit" if hit else b"miss")])
 
     async def put_item(self, request: Request) -> Response:
         body, checks = await request.json_object({"on_hand"})
@@ -262,7 +277,7 @@ class App:
         return json_response(200, {"status": "up"})
 
     async def readyz(self, request: Request) -> Response:
-        probes = {"database": self.inventory.ping, **self._extra_probes}
+        probes = {"database": self.inventory.ping, "cache": self.inventory.cache.ping}
         down: dict[str, str] = {}
         for name, probe in probes.items():
             try:
@@ -309,6 +324,6 @@ def create_app() -> App:
     cache_url = os.environ.get("STOCKKEEPER_CACHE_URL", DEFAULT_CACHE_URL)
 
     async def open_inventory() -> Inventory:
-        return await Inventory.open(database_url, options)
+        return await Inventory.open(database_url, options, cache_url=cache_url)
 
-    return App(open_inventory, probes=cache_probes(cache_url))
+    return App(open_inventory)

@@ -31,7 +31,11 @@ class Request:
     headers: dict[bytes, bytes] = field(default_factory=dict)
 
     def query(self) -> dict[str, str]:
-        return dict(parse_qsl(self.scope["query_string"].decode("latin-1"), keep_blank_values=True))
+        return dict(self.query_pairs())
+
+    def query_pairs(self) -> list[tuple[str, str]]:
+        """Every name=value pair in order, repeats included (`?sku=A&sku=B`)."""
+        return parse_qsl(self.scope["query_string"].decode("latin-1"), keep_blank_values=True)
 
     async def json_object(self, fields: set[str]) -> tuple[dict[str, Any], Checks]:
         """The body as a JSON object, with a Checks naming any field outside `fields`: the

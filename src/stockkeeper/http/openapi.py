@@ -23,7 +23,7 @@ from stockkeeper.domain import (
 )
 from stockkeeper.http.messages import BODY_BYTES_MAX
 from stockkeeper.http.problems import PROBLEM_CONTENT_TYPE, PROBLEMS
-from stockkeeper.service import VERSION_MAX
+from stockkeeper.service import READ_MANY_MAX, VERSION_MAX
 
 Schema = dict[str, Any]
 
@@ -172,6 +172,10 @@ SCHEMAS: dict[str, Schema] = {
         },
         description="Entries oldest first.",
     ),
+    "ItemBatch": _object(
+        {"items": _array(_schema("Item"), 0, READ_MANY_MAX), "unknown": _array(_SKU)},
+        description="Found items in the request's order, and the SKUs that name no item.",
+    ),
     "SetStock": _object({"on_hand": _integer(0, ON_HAND_MAX)}),
     "Purchase": _object(
         {"quantity": _QUANTITY, "on_behalf_of": _nullable(_TEXT)}, required=["quantity"]
@@ -249,6 +253,17 @@ def _parameter(name: str, where: str, schema: Schema, description: str) -> Schem
 
 PARAMETERS: dict[str, Schema] = {
     "Sku": _parameter("sku", "path", _SKU, "the item's SKU"),
+    "Skus": {
+        **_parameter(
+            "sku",
+            "query",
+            _array(_SKU, 1, READ_MANY_MAX),
+            f"1 to {READ_MANY_MAX} distinct SKUs: ?sku=A-1&sku=B-2",
+        ),
+        "required": True,
+        "style": "form",
+        "explode": True,
+    },
     "MinVersion": _parameter(
         "min_version", "query", _VERSION, "answer with a version at least this (monotonic reads)"
     ),
@@ -371,6 +386,23 @@ _ORDER_SHORTAGES: Schema = {
 }
 
 PATHS: dict[str, dict[str, Schema]] = {
+    "/v1/items": {
+        "get": _operation(
+            "getItems",
+            "Read several items in one request",
+            Role.READER,
+            {
+                "200": _success(
+                    "Each item obeys the same freshness and monotonic-read rules as a single "
+                    "read; X-Cache is hit only when no item needed a database read.",
+                    _schema("ItemBatch"),
+                    {"X-Cache": _ref("headers", "X-Cache")},
+                )
+            },
+            ["invalid_request"],
+            ("Skus",),
+        ),
+    },
     "/v1/items/{sku}": {
         "get": _operation(
             "getItem",

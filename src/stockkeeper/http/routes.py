@@ -26,6 +26,7 @@ class Route:
 
 
 ROUTES: tuple[Route, ...] = (
+    Route("GET", "/v1/items", Role.READER, "get_items"),
     Route("GET", "/v1/items/{sku}", Role.READER, "get_item"),
     Route("PUT", "/v1/items/{sku}", Role.ADMIN, "put_item"),
     Route("POST", "/v1/items/{sku}/purchase", Role.CLERK, "purchase"),

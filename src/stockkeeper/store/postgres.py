@@ -17,23 +17,33 @@ import asyncpg
 
 from stockkeeper.domain import (
     AuditPage,
+    FeedEntry,
     Item,
     Principal,
     Receipt,
-    Role,
+    TokenInfo,
     Unavailable,
     Write,
 )
 from stockkeeper.retry import retrying
-from stockkeeper.store.protocol import StoreOptions
+from stockkeeper.store.protocol import LocalView, StoreOptions
 from stockkeeper.store.rows import AUDIT_COLUMNS, audit_entry
 from stockkeeper.store.sql_tx import Row, SqlTx
+from stockkeeper.store.token_sql import (
+    BUMP_TOKEN_GENERATION,
+    LIVE_TOKENS,
+    TOKEN_GENERATION,
+    generation,
+    row_principal,
+    token_info,
+)
 from stockkeeper.store.writes import apply_write
 
 T = TypeVar("T")
 
 SCHEMA_VERSION = 1
 _MIGRATION_LOCK_ID = 0x5_70C_4EE9  # pg_advisory_xact_lock key: one migrator at a time
+_PURGE_LOCK_ID = 0x5_70C_4EEA  # pg_try_advisory_xact_lock key: one idempotency key purger
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS stockkeeper_meta (
@@ -56,8 +66,13 @@ CREATE TABLE IF NOT EXISTS audit (
     reason text NOT NULL CHECK (reason IN ('purchase', 'restock', 'order', 'set')),
     idempotency_key text,
     at timestamptz NOT NULL,
+    xid xid8 NOT NULL DEFAULT pg_current_xact_id(),
     UNIQUE (sku, version)
 );
+-- The change feed reads by transaction id (commit order is not id order), and replays by time.
+ALTER TABLE audit ADD COLUMN IF NOT EXISTS xid xid8 NOT NULL DEFAULT pg_current_xact_id();
+CREATE INDEX IF NOT EXISTS audit_by_xid ON audit (xid);
+CREATE INDEX IF NOT EXISTS audit_by_at ON audit (at);
 CREATE OR REPLACE FUNCTION stockkeeper_audit_append_only() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -84,6 +99,17 @@ CREATE TABLE IF NOT EXISTS tokens (
     role text NOT NULL CHECK (role IN ('reader', 'clerk', 'admin')),
     created_at timestamptz NOT NULL DEFAULT now()
 );
+-- Added after the first release: one path for new and upgraded databases alike.
+ALTER TABLE tokens ADD COLUMN IF NOT EXISTS id bigint GENERATED ALWAYS AS IDENTITY UNIQUE;
+ALTER TABLE tokens ADD COLUMN IF NOT EXISTS revoked_at timestamptz;
+"""
+_TOKEN_COLUMNS = "id, name, role, created_at, revoked_at"
+# Claims this interval's purge for the cluster: no row comes back if it is not yet due.
+_CLAIM_PURGE = """
+INSERT INTO stockkeeper_meta (key, value) VALUES ('last_purge_at', extract(epoch FROM now())::text)
+ON CONFLICT (key) DO UPDATE SET value = excluded.value
+WHERE CAST(stockkeeper_meta.value AS float8) <= extract(epoch FROM now())::float8 - $1::float8
+RETURNING value
 """
 
 _TRANSIENT = {
@@ -160,6 +186,55 @@ class _PgTx(SqlTx):
         # RETURNING promises no order; a write names each SKU once, so map by SKU.
         ids = {record["sku"]: record["id"] for record in records}
         return [ids[item.sku] for item, _ in rows]
+
+
+class _PgFeed:
+    """The audit log's tail by transaction snapshot, so a late commit is never skipped.
+
+    Each poll is one statement: the rows visible in its own snapshot whose transaction is at or
+    above the previous snapshot's xmax, or was in progress then (its xip), plus the snapshot
+    itself. Every other transaction below the previous xmax had already committed (and was
+    read) or aborted. Identity ids are handed out before commit, so `id > last` would skip a
+    transaction that took id 41 and committed after the one that took 42.
+    """
+
+    _POLL = """
+        SELECT pg_snapshot_xmax(s.snap)::text AS xmax,
+               ARRAY(SELECT x::text FROM pg_snapshot_xip(s.snap) AS x) AS xip,
+               a.sku, a.version, a.on_hand, extract(epoch FROM a.at)::float8 AS at_s
+        FROM (SELECT pg_current_snapshot() AS snap) AS s
+        LEFT JOIN LATERAL (
+            SELECT sku, version, on_hand, at FROM audit
+            WHERE xid >= $1::text::xid8 OR xid = ANY($2::text[]::xid8[])
+            ORDER BY id
+        ) AS a ON true
+    """
+
+    def __init__(self, store: PostgresStore) -> None:
+        self._store = store
+        self._xmax: str | None = None
+        self._xip: list[str] = []
+
+    async def poll(self) -> list[FeedEntry]:
+        # Positioning uses the same statement with an xmax no transaction can reach.
+        after = self._xmax if self._xmax is not None else str(2**63 - 1)
+        rows = await self._store._run(lambda conn: conn.fetch(self._POLL, after, self._xip))
+        self._xmax, self._xip = rows[0]["xmax"], list(rows[0]["xip"])
+        if rows[0]["sku"] is None:
+            return []
+        return [FeedEntry(r["sku"], r["version"], r["on_hand"], r["at_s"]) for r in rows]
+
+    async def recent(self, seconds: float) -> list[FeedEntry]:
+        rows = await self._store._run(
+            lambda conn: conn.fetch(
+                "SELECT DISTINCT ON (sku) sku, version, on_hand, "
+                "extract(epoch FROM at)::float8 AS at_s FROM audit "
+                "WHERE at > clock_timestamp() - make_interval(secs => $1) "
+                "ORDER BY sku, version DESC",
+                seconds,
+            )
+        )
+        return [FeedEntry(r["sku"], r["version"], r["on_hand"], r["at_s"]) for r in rows]
 
 
 class PostgresStore:
@@ -261,6 +336,12 @@ class PostgresStore:
         )
         return None if row is None else Item(sku, row["on_hand"], row["version"])
 
+    def change_feed(self) -> _PgFeed:
+        return _PgFeed(self)
+
+    def local_view(self) -> LocalView | None:
+        return None  # another server's commit is invisible to this process without a query
+
     async def write(self, write: Write) -> Receipt:
         return await self._in_tx(lambda conn: apply_write(_PgTx(_PgStatements(conn)), write))
 
@@ -287,21 +368,17 @@ class PostgresStore:
             self._token_key = bytes.fromhex(value)
         return self._token_key
 
-    async def find_principal(self, token_hash: bytes) -> Principal | None:
-        row = await self._run(
-            lambda conn: conn.fetchrow("SELECT name, role FROM tokens WHERE hash = $1", token_hash)
-        )
-        return None if row is None else Principal(row["name"], Role.parse(row["role"]))
-
     async def add_token(self, token_hash: bytes, principal: Principal) -> None:
-        await self._run(
-            lambda conn: conn.execute(
+        async def run(conn: asyncpg.Connection) -> None:
+            await conn.execute(
                 "INSERT INTO tokens (hash, name, role) VALUES ($1, $2, $3)",
                 token_hash,
                 principal.name,
                 principal.role.name.lower(),
             )
-        )
+            await conn.execute(BUMP_TOKEN_GENERATION)
+
+        await self._in_tx(run)
 
     async def add_first_admin(self, token_hash: bytes, name: str) -> bool:
         async def run(conn: asyncpg.Connection) -> bool:
@@ -311,18 +388,58 @@ class PostgresStore:
             await conn.execute(
                 "INSERT INTO tokens (hash, name, role) VALUES ($1, $2, 'admin')", token_hash, name
             )
+            await conn.execute(BUMP_TOKEN_GENERATION)
             return True
 
         return await self._in_tx(run)
 
-    async def purge_idempotency_keys(self, older_than_s: int) -> int:
-        status = await self._run(
-            lambda conn: conn.execute(
+    async def token_generation(self) -> int:
+        return generation(await self._run(lambda conn: conn.fetchval(TOKEN_GENERATION)))
+
+    async def live_tokens(self) -> tuple[int, dict[bytes, Principal]]:
+        async def run(conn: asyncpg.Connection) -> tuple[int, dict[bytes, Principal]]:
+            # The counter first: a change committing after this read moves it past the value
+            # returned, so the next check reloads.
+            value = await conn.fetchval(TOKEN_GENERATION)
+            rows = await conn.fetch(LIVE_TOKENS)
+            return generation(value), {bytes(row["hash"]): row_principal(row) for row in rows}
+
+        return await self._run(run)
+
+    async def list_tokens(self) -> list[TokenInfo]:
+        rows = await self._run(
+            lambda conn: conn.fetch(f"SELECT {_TOKEN_COLUMNS} FROM tokens ORDER BY id")
+        )
+        return [token_info(row, row["created_at"], row["revoked_at"]) for row in rows]
+
+    async def revoke_token(self, token_id: int) -> TokenInfo | None:
+        async def run(conn: asyncpg.Connection) -> TokenInfo | None:
+            row = await conn.fetchrow(
+                "UPDATE tokens SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL "
+                f"RETURNING {_TOKEN_COLUMNS}",
+                token_id,
+            )
+            if row is None:
+                return None
+            await conn.execute(BUMP_TOKEN_GENERATION)
+            return token_info(row, row["created_at"], row["revoked_at"])
+
+        return await self._in_tx(run)
+
+    async def purge_idempotency_keys(self, older_than_s: int, every_s: int) -> int | None:
+        async def run(conn: asyncpg.Connection) -> int | None:
+            # Skip rather than wait: whoever holds the lock is doing this very purge.
+            if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", _PURGE_LOCK_ID):
+                return None
+            if await conn.fetchval(_CLAIM_PURGE, float(every_s)) is None:
+                return None
+            status = await conn.execute(
                 "DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(secs => $1)",
                 float(older_than_s),
             )
-        )
-        return int(status.rsplit(" ", 1)[-1])
+            return int(status.rsplit(" ", 1)[-1])
+
+        return await self._in_tx(run)
 
     async def ping(self) -> None:
         await self._run(lambda conn: conn.fetchval("SELECT 1"))

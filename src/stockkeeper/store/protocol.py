@@ -10,7 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from stockkeeper.domain import AuditPage, Item, Principal, Receipt, Write
+from stockkeeper.domain import (
+    AuditPage,
+    FeedEntry,
+    Item,
+    Principal,
+    Receipt,
+    TokenInfo,
+    Write,
+)
 from stockkeeper.retry import RetryPolicy
 
 
@@ -23,6 +31,38 @@ class StoreOptions:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 
 
+class ChangeFeed(Protocol):
+    """Every committed change, delivered at least once and, per SKU, in version order.
+
+    The first `poll()` positions the feed at the present and returns nothing; each later one
+    returns what committed since the previous poll, however late a transaction commits.
+    """
+
+    async def poll(self) -> list[FeedEntry]: ...
+
+    async def recent(self, seconds: float) -> list[FeedEntry]:
+        """The newest state of every SKU changed in the last `seconds`."""
+        ...
+
+
+class LocalView(Protocol):
+    """Synchronous reads on a connection of this process, for a near cache that must prove
+    itself current on every read without a thread hop (SQLite only)."""
+
+    def data_version(self) -> int:
+        """Changes whenever another connection (any process) has committed since the last
+        call."""
+        ...
+
+    def last_id(self) -> int: ...
+
+    def changes_after(self, after_id: int, limit: int) -> list[tuple[int, FeedEntry]]:
+        """(audit id, change) of the entries after `after_id`, in commit order."""
+        ...
+
+    def get_item(self, sku: str) -> Item | None: ...
+
+
 class Store(Protocol):
     """A source of truth for items, their audit log, idempotency keys and tokens."""
 
@@ -31,6 +71,14 @@ class Store(Protocol):
         ...
 
     async def get_item(self, sku: str) -> Item | None: ...
+
+    def change_feed(self) -> ChangeFeed:
+        """A new tail of the audit log (each tailer keeps its own position)."""
+        ...
+
+    def local_view(self) -> LocalView | None:
+        """A same-process synchronous view, where the backend can offer one cheaply."""
+        ...
 
     async def write(self, write: Write) -> Receipt:
         """Apply a write with its audit entries in one transaction, retrying transient faults."""
@@ -42,15 +90,37 @@ class Store(Protocol):
         """The deployment's secret key for hashing tokens (made by migrate)."""
         ...
 
-    async def find_principal(self, token_hash: bytes) -> Principal | None: ...
-
-    async def add_token(self, token_hash: bytes, principal: Principal) -> None: ...
+    async def add_token(self, token_hash: bytes, principal: Principal) -> None:
+        """Store a token and move the token change counter, in one transaction."""
+        ...
 
     async def add_first_admin(self, token_hash: bytes, name: str) -> bool:
         """Store an admin token only if no token exists yet; True if it did."""
         ...
 
-    async def purge_idempotency_keys(self, older_than_s: int) -> int: ...
+    async def token_generation(self) -> int:
+        """The token change counter: it moves with every token create and revoke, so one cheap
+        query tells whether a snapshot of live tokens is still current."""
+        ...
+
+    async def live_tokens(self) -> tuple[int, dict[bytes, Principal]]:
+        """Every unrevoked token's hash and principal, with a counter value no newer than them
+        (a change committed meanwhile moves the counter past it, so is never missed)."""
+        ...
+
+    async def list_tokens(self) -> list[TokenInfo]:
+        """Every token, revoked ones too, by id."""
+        ...
+
+    async def revoke_token(self, token_id: int) -> TokenInfo | None:
+        """Mark a live token revoked (its row stays) and move the counter, in one transaction;
+        None if no live token has that id."""
+        ...
+
+    async def purge_idempotency_keys(self, older_than_s: int, every_s: int) -> int | None:
+        """Delete keys older than `older_than_s`, unless another process is purging or the
+        cluster purged within `every_s`: the number deleted, or None when skipped."""
+        ...
 
     async def ping(self) -> None:
         """Raise Unavailable unless the database answers."""

@@ -22,10 +22,11 @@ from typing import Any, TypeVar
 
 from stockkeeper.domain import (
     AuditPage,
+    FeedEntry,
     Item,
     Principal,
     Receipt,
-    Role,
+    TokenInfo,
     Unavailable,
     Write,
 )
@@ -33,6 +34,14 @@ from stockkeeper.retry import retrying
 from stockkeeper.store.protocol import StoreOptions
 from stockkeeper.store.rows import AUDIT_COLUMNS, audit_entry
 from stockkeeper.store.sql_tx import Row, SqlTx
+from stockkeeper.store.token_sql import (
+    BUMP_TOKEN_GENERATION,
+    LIVE_TOKENS,
+    TOKEN_GENERATION,
+    generation,
+    row_principal,
+    token_info,
+)
 from stockkeeper.store.writes import apply_write
 
 T = TypeVar("T")
@@ -60,6 +69,7 @@ CREATE TABLE IF NOT EXISTS audit (
     at TEXT NOT NULL,
     UNIQUE (sku, version)
 );
+CREATE INDEX IF NOT EXISTS audit_by_at ON audit (at);
 CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
     BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: UPDATE rejected'); END;
 CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
@@ -86,6 +96,15 @@ CREATE TABLE IF NOT EXISTS tokens (
     created_at REAL NOT NULL
 );
 """
+# Tokens are never deleted, so their rowids (the ids `token list` shows) never change, even
+# under VACUUM.
+_TOKEN_COLUMNS = "rowid AS id, name, role, created_at, revoked_at"
+# Claims this interval's purge for the cluster: no row comes back if it is not yet due.
+_CLAIM_PURGE = (
+    "INSERT INTO stockkeeper_meta (key, value) VALUES ('last_purge_at', ?1) "
+    "ON CONFLICT (key) DO UPDATE SET value = excluded.value "
+    "WHERE CAST(stockkeeper_meta.value AS REAL) <= ?2 RETURNING value"
+)
 
 
 def _transient(error: BaseException) -> str | None:
@@ -193,6 +212,78 @@ class _SqliteTx(SqlTx):
         return ids
 
 
+_FEED_COLUMNS = "id, sku, version, on_hand, at"
+_FEED_BATCH_MAX = 10_000
+
+
+def _feed_entry(row: sqlite3.Row) -> FeedEntry:
+    at_s = datetime.fromisoformat(row["at"]).timestamp()
+    return FeedEntry(row["sku"], row["version"], row["on_hand"], at_s)
+
+
+class _SqliteFeed:
+    """The audit log's tail by rowid: writers hold the database lock from BEGIN IMMEDIATE to
+    COMMIT, so ids are handed out in commit order and `id > last` skips nothing."""
+
+    def __init__(self, reader: _Connection) -> None:
+        self._reader = reader
+        self._last_id: int | None = None
+
+    async def poll(self) -> list[FeedEntry]:
+        if self._last_id is None:
+            row = await self._reader.first("SELECT coalesce(max(id), 0) AS id FROM audit")
+            assert row is not None
+            self._last_id = int(row["id"])
+            return []
+        rows = await self._reader.execute(
+            f"SELECT {_FEED_COLUMNS} FROM audit WHERE id > ? ORDER BY id LIMIT ?",
+            self._last_id,
+            _FEED_BATCH_MAX,
+        )
+        if rows:
+            self._last_id = int(rows[-1]["id"])
+        return [_feed_entry(row) for row in rows]
+
+    async def recent(self, seconds: float) -> list[FeedEntry]:
+        since = datetime.fromtimestamp(time.time() - seconds, UTC).isoformat()
+        rows = await self._reader.execute(
+            f"SELECT {_FEED_COLUMNS} FROM audit AS a WHERE at > ? AND version = "
+            "(SELECT max(version) FROM audit WHERE sku = a.sku)",
+            since,
+        )
+        return [_feed_entry(row) for row in rows]
+
+
+class _SqliteLocalView:
+    """A connection used only from the event loop's thread: a point read or `PRAGMA
+    data_version` costs a few microseconds, less than a hop to a store thread."""
+
+    def __init__(self, path: str) -> None:
+        self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._conn.row_factory = sqlite3.Row
+
+    def data_version(self) -> int:
+        return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+
+    def last_id(self) -> int:
+        return int(self._conn.execute("SELECT coalesce(max(id), 0) FROM audit").fetchone()[0])
+
+    def changes_after(self, after_id: int, limit: int) -> list[tuple[int, FeedEntry]]:
+        rows = self._conn.execute(
+            f"SELECT {_FEED_COLUMNS} FROM audit WHERE id > ? ORDER BY id LIMIT ?",
+            (after_id, limit),
+        ).fetchall()
+        return [(int(row["id"]), _feed_entry(row)) for row in rows]
+
+    def get_item(self, sku: str) -> Item | None:
+        row = self._conn.execute("SELECT on_hand, version FROM items WHERE sku = ?", (sku,))
+        found = row.fetchone()
+        return None if found is None else Item(sku, found["on_hand"], found["version"])
+
+    def close(self) -> None:
+        self._conn.close()
+
+
 class SqliteStore:
     def __init__(self, path: str, options: StoreOptions) -> None:
         self._path = path
@@ -201,6 +292,7 @@ class SqliteStore:
         self._reader = _Connection(path, options.lock_wait_ms_max)
         self._write_lock = asyncio.Lock()
         self._token_key: bytes | None = None
+        self._local_view: _SqliteLocalView | None = None
 
     @classmethod
     async def connect(cls, path: str, options: StoreOptions | None = None) -> SqliteStore:
@@ -234,12 +326,24 @@ class SqliteStore:
                 str(SCHEMA_VERSION),
                 secrets.token_hex(32),
             )
+            tokens = await self._writer.execute("PRAGMA table_info(tokens)")
+            if "revoked_at" not in {column["name"] for column in tokens}:
+                # Added after the first release; SQLite has no ADD COLUMN IF NOT EXISTS.
+                await self._writer.execute("ALTER TABLE tokens ADD COLUMN revoked_at REAL")
 
         await self._in_tx(run)
 
     async def get_item(self, sku: str) -> Item | None:
         row = await self._reader.first("SELECT on_hand, version FROM items WHERE sku = ?", sku)
         return None if row is None else Item(sku, row["on_hand"], row["version"])
+
+    def change_feed(self) -> _SqliteFeed:
+        return _SqliteFeed(self._reader)
+
+    def local_view(self) -> _SqliteLocalView:
+        if self._local_view is None:
+            self._local_view = _SqliteLocalView(self._path)
+        return self._local_view
 
     async def write(self, write: Write) -> Receipt:
         result: Receipt = await self._in_tx(
@@ -268,10 +372,6 @@ class SqliteStore:
             self._token_key = bytes.fromhex(row["value"])
         return self._token_key
 
-    async def find_principal(self, token_hash: bytes) -> Principal | None:
-        row = await self._reader.first("SELECT name, role FROM tokens WHERE hash = ?", token_hash)
-        return None if row is None else Principal(row["name"], Role.parse(row["role"]))
-
     async def add_token(self, token_hash: bytes, principal: Principal) -> None:
         async def run() -> None:
             await self._writer.execute(
@@ -281,6 +381,7 @@ class SqliteStore:
                 principal.role.name.lower(),
                 time.time(),
             )
+            await self._writer.execute(BUMP_TOKEN_GENERATION)
 
         await self._in_tx(run)
 
@@ -294,25 +395,62 @@ class SqliteStore:
                 name,
                 time.time(),
             )
+            await self._writer.execute(BUMP_TOKEN_GENERATION)
             return True
 
         created: bool = await self._in_tx(run)
         return created
 
-    async def purge_idempotency_keys(self, older_than_s: int) -> int:
-        async def run() -> int:
+    async def token_generation(self) -> int:
+        row = await self._reader.first(TOKEN_GENERATION)
+        return generation(None if row is None else row["value"])
+
+    async def live_tokens(self) -> tuple[int, dict[bytes, Principal]]:
+        # The counter first: a change committing after this read moves it past the value
+        # returned, so the next check reloads.
+        value = await self.token_generation()
+        rows = await self._reader.execute(LIVE_TOKENS)
+        return value, {bytes(row["hash"]): row_principal(row) for row in rows}
+
+    async def list_tokens(self) -> list[TokenInfo]:
+        rows = await self._reader.execute(f"SELECT {_TOKEN_COLUMNS} FROM tokens ORDER BY rowid")
+        return [_token_info(row) for row in rows]
+
+    async def revoke_token(self, token_id: int) -> TokenInfo | None:
+        async def run() -> TokenInfo | None:
+            row = await self._writer.first(
+                "UPDATE tokens SET revoked_at = ? WHERE rowid = ? AND revoked_at IS NULL "
+                f"RETURNING {_TOKEN_COLUMNS}",
+                time.time(),
+                token_id,
+            )
+            if row is None:
+                return None
+            await self._writer.execute(BUMP_TOKEN_GENERATION)
+            return _token_info(row)
+
+        revoked: TokenInfo | None = await self._in_tx(run)
+        return revoked
+
+    async def purge_idempotency_keys(self, older_than_s: int, every_s: int) -> int | None:
+        async def run() -> int | None:
+            # BEGIN IMMEDIATE serialises purgers across processes; the claim makes it one per
+            # interval.
+            now_s = time.time()
+            if await self._writer.first(_CLAIM_PURGE, str(now_s), now_s - every_s) is None:
+                return None
             conn = self._writer.conn
             assert conn is not None
             return await self._writer.run(
                 lambda: (
                     conn.execute(
                         "DELETE FROM idempotency_keys WHERE created_at < ?",
-                        (time.time() - older_than_s,),
+                        (now_s - older_than_s,),
                     ).rowcount
                 )
             )
 
-        purged: int = await self._in_tx(run)
+        purged: int | None = await self._in_tx(run)
         return purged
 
     async def ping(self) -> None:
@@ -322,8 +460,19 @@ class SqliteStore:
             raise Unavailable(f"database unreachable: {error}") from error
 
     async def close(self) -> None:
+        if self._local_view is not None:
+            self._local_view.close()
         await self._reader.close()
         await self._writer.close()
+
+
+def _token_info(row: sqlite3.Row) -> TokenInfo:
+    revoked_at = row["revoked_at"]
+    return token_info(
+        row,
+        datetime.fromtimestamp(row["created_at"], UTC),
+        None if revoked_at is None else datetime.fromtimestamp(revoked_at, UTC),
+    )
 
 
 def _run_script(db: _Connection, script: str) -> None:

@@ -1,0 +1,339 @@
+"""The shared cache (`redis://`): versioned values, fill leases, incarnations, pushes, and the
+change feed's tailer. The protocol and why it holds are in docs/cache.md; the scripts are in
+cache/scripts.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import math
+import random
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from stockkeeper import failpoints, metrics
+from stockkeeper.cache import scripts
+from stockkeeper.cache.base import read_database
+from stockkeeper.cache.resp import CacheReplyError, CacheUnavailable, RespClient
+from stockkeeper.cache.scripts import FillReply, ReadReply
+from stockkeeper.cache.tailer import FeedTailer
+from stockkeeper.domain import Change, FeedEntry, Item, ItemRead, Unavailable
+from stockkeeper.store import Store
+
+log = logging.getLogger("stockkeeper.cache")
+
+# Unreachable, or answering errors (out of memory under `noeviction`, say): either way the
+# database answers instead, and the process serves no hit until recovery has caught up.
+CACHE_ERRORS = (CacheUnavailable, CacheReplyError)
+
+
+@dataclass(frozen=True, slots=True)
+class RedisCacheOptions:
+    ttl_s: float = 300.0
+    lease_ms: int = 200
+    registration_ttl_ms: int = 2_000
+    wait_poll_ms: float = 2.0
+    lease_wait_ms_max: float = 50.0
+    load_attempts_max: int = 3
+    timeout_ms: float = 100.0
+    feed_poll_ms: float = 10.0
+    pending_skus_max: int = 100_000
+    recovery_probe_ms: float = 200.0
+    xfetch_beta: float = 1.0
+    xfetch_delta_ms_min: float = 2.0
+    refreshes_in_flight_max: int = 64
+
+
+@dataclass(slots=True)
+class _Load:
+    """One database load of a SKU that this process's readers share (single-flight)."""
+
+    task: asyncio.Task[tuple[Item | None, bool]] = field(init=False)
+    joinable: bool = True
+
+
+class RedisCache:
+    def __init__(
+        self,
+        client: RespClient,
+        store: Store,
+        keys: scripts.Keys,
+        options: RedisCacheOptions | None = None,
+    ) -> None:
+        self._client = client
+        self._store = store
+        self.options = options or RedisCacheOptions()
+        self._ttl_ms = int(self.options.ttl_s * 1000)
+        self._read_args = (self.options.lease_ms, self.options.registration_ttl_ms)
+        self._loads: dict[str, _Load] = {}
+        self._token_prefix = secrets.token_hex(8) + ":"
+        self._token_counter = itertools.count()
+        self._refreshing: dict[str, asyncio.Future[tuple[Item | None, bool]]] = {}
+        self._load_ms = 0.0  # moving average of a load's duration, for XFetch
+        self._up = True
+        self._recovery: asyncio.Task[None] | None = None
+        self.keys = keys
+        self._tailer = FeedTailer(
+            store.change_feed(),
+            client,
+            keys,
+            ttl_ms=self._ttl_ms,
+            pending_skus_max=self.options.pending_skus_max,
+            is_up=lambda: self._up,
+            trip=self._trip,
+        )
+        self._tailing: asyncio.Task[None] | None = None
+
+    @property
+    def up(self) -> bool:
+        """False in degraded mode: reads go to the database until recovery has caught up."""
+        return self._up
+
+    async def start(self) -> None:
+        try:
+            await self._client.call("PING")
+        except CACHE_ERRORS:
+            self._trip()
+        with contextlib.suppress(Unavailable):
+            await self._tailer.position(self.options.ttl_s + 60)
+        self._tailing = asyncio.create_task(
+            self._tailer.run(self.options.feed_poll_ms, self.options.ttl_s + 60)
+        )
+
+    async def close(self) -> None:
+        tasks = (self._tailing, self._recovery, *self._refreshing.values())
+        for task in (*tasks, *(load.task for load in self._loads.values())):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        await self._client.close()
+
+    async def ping(self) -> None:
+        try:
+            await self._client.call("PING")
+        except CACHE_ERRORS as error:
+            raise Unavailable(f"cache unreachable: {error}") from error
+
+    # --- degraded mode ----------------------------------------------------------------------
+
+    def _trip(self) -> None:
+        if self._up:
+            log.warning("cache unreachable: reading from the database until it recovers")
+        self._up = False
+        if self._recovery is None or self._recovery.done():
+            self._recovery = asyncio.create_task(self._recover())
+
+    async def _recover(self) -> None:
+        while not self._up:
+            await asyncio.sleep(self.options.recovery_probe_ms / 1000)
+            try:
+                await self._client.call("PING")
+                await self._tailer.catch_up()
+            except (*CACHE_ERRORS, Unavailable):
+                continue
+            except Exception:
+                log.exception("cache recovery failed; trying again")
+                continue
+            self._up = True
+            log.warning("cache reachable again: every change made meanwhile is pushed")
+
+    async def _direct(self, sku: str) -> ItemRead | None:
+        item = await read_database(self._store, sku)
+        metrics.CACHE_MISSES.inc()
+        return None if item is None else ItemRead(item, cache_hit=False)
+
+    # --- reads ------------------------------------------------------------------------------
+
+    async def read(self, sku: str, min_version: int | None = None) -> ItemRead | None:
+        if not self._up:
+            return await self._direct(sku)
+        if min_version is None:
+            load = self._loads.get(sku)
+            if load is not None and load.joinable:
+                return await self._join(load)
+        try:
+            reply = await self._read_script(sku)
+        except CACHE_ERRORS:
+            self._trip()
+            return await self._direct(sku)
+        return await self._resolve(sku, reply, min_version)
+
+    async def read_many(self, skus: Sequence[str]) -> list[ItemRead | None]:
+        """One round trip for the whole batch when every SKU is cached (pipelined)."""
+        if not self._up:
+            return [await self._direct(sku) for sku in skus]
+        try:
+            replies = await asyncio.gather(*(self._read_script(sku) for sku in skus))
+        except CACHE_ERRORS:
+            self._trip()
+            return [await self._direct(sku) for sku in skus]
+        return list(
+            await asyncio.gather(
+                *(self._resolve(sku, reply, None) for sku, reply in zip(skus, replies, strict=True))
+            )
+        )
+
+    def _read_script(self, sku: str) -> Any:
+        # A token names an incarnation or a lease holder: unique per process and per call.
+        token = f"{self._token_prefix}{next(self._token_counter)}"
+        return self._client.evalsha(scripts.READ, (self.keys.item(sku),), (token, *self._read_args))
+
+    async def _resolve(
+        self, sku: str, reply: list[Any], min_version: int | None
+    ) -> ItemRead | None:
+        if reply[0] == ReadReply.HIT:
+            version = int(reply[1])
+            if min_version is None or version >= min_version:
+                metrics.CACHE_HITS.inc()
+                self._maybe_refresh(sku, int(reply[3]), reply[4])
+                return ItemRead(Item(sku, int(reply[2]), version), cache_hit=True)
+        if min_version is not None:
+            # The cache is behind the caller, or empty: no lease or shared load could promise
+            # min_version (another filler may bring an older value), the database can.
+            try:
+                return self._answer(*await self._read_through(sku))
+            except CACHE_ERRORS:
+                self._trip()
+                return await self._direct(sku)
+        load = self._loads.get(sku)
+        if load is None or not load.joinable:
+            load = self._start_load(sku, ReadReply(reply[0]), reply[1])
+        return await self._join(load)
+
+    def _start_load(self, sku: str, kind: ReadReply, incarnation: bytes) -> _Load:
+        load = _Load()
+        load.task = asyncio.ensure_future(self._fetch(sku, kind, incarnation, load))
+        self._loads[sku] = load
+        load.task.add_done_callback(lambda _: self._forget(sku, load))
+        return load
+
+    def _forget(self, sku: str, load: _Load) -> None:
+        if self._loads.get(sku) is load:
+            del self._loads[sku]
+
+    async def _join(self, load: _Load) -> ItemRead | None:
+        item, from_db = await asyncio.shield(load.task)
+        return self._answer(item, from_db)
+
+    @staticmethod
+    def _answer(item: Item | None, from_db: bool) -> ItemRead | None:
+        (metrics.CACHE_MISSES if from_db else metrics.CACHE_HITS).inc()
+        return None if item is None else ItemRead(item, cache_hit=not from_db)
+
+    async def _fetch(
+        self, sku: str, kind: ReadReply, incarnation: bytes, load: _Load | None
+    ) -> tuple[Item | None, bool]:
+        """(item, whether this server read the database for it). See docs/cache.md, "The read
+        path", steps 3-4."""
+        try:
+            if kind == ReadReply.WAIT:
+                waited = await self._wait_for_filler(sku)
+                if isinstance(waited, Item):
+                    return waited, False
+                incarnation = waited
+            for _ in range(self.options.load_attempts_max - 1):
+                started = time.perf_counter()
+                item = await read_database(self._store, sku)
+                await failpoints.hit("service.read.after_fetch")
+                if item is None:
+                    # No such item: free the lease rather than make other servers wait it out
+                    # (deleting a key is always safe: every fill registered in it is LOST).
+                    await self._client.call("DEL", self.keys.item(sku))
+                    return None, True
+                reply = await self._client.evalsha(
+                    scripts.FILL,
+                    (self.keys.item(sku),),
+                    (incarnation, item.version, item.on_hand, self._ttl_ms),
+                )
+                self._load_ms += ((time.perf_counter() - started) * 1000 - self._load_ms) / 8
+                if reply[0] == FillReply.FILLED:
+                    return item, True
+                if reply[0] == FillReply.NEWER:
+                    return Item(sku, int(reply[2]), int(reply[1])), True
+                again = await self._read_script(sku)  # LOST or FLOOR: register anew
+                if again[0] == ReadReply.HIT:
+                    return Item(sku, int(again[2]), int(again[1])), True
+                incarnation = again[1]
+            # Last attempt: what it reads must be new to every joiner, so it takes none.
+            if load is not None:
+                load.joinable = False
+            return await self._read_through(sku)
+        except CACHE_ERRORS:
+            self._trip()
+            return await read_database(self._store, sku), True
+
+    async def _read_through(self, sku: str) -> tuple[Item | None, bool]:
+        """Read the database now and push what it says before serving it: newer than anything
+        served before this call began, and nothing served after it can be older."""
+        item = await read_database(self._store, sku)
+        if item is not None:
+            await self._push(item)
+        return item, True
+
+    async def _wait_for_filler(self, sku: str) -> Item | bytes:
+        """Another process holds the fill lease: poll Redis (not the database) for its value.
+        Returns the value, or the incarnation to load into ourselves."""
+        deadline = time.monotonic() + self.options.lease_wait_ms_max / 1000
+        incarnation = b""
+        while time.monotonic() < deadline:
+            await asyncio.sleep(self.options.wait_poll_ms / 1000)
+            reply = await self._read_script(sku)
+            if reply[0] == ReadReply.HIT:
+                return Item(sku, int(reply[2]), int(reply[1]))
+            incarnation = reply[1]
+            if reply[0] == ReadReply.LEASE:
+                break
+        return incarnation
+
+    def _maybe_refresh(self, sku: str, pttl_ms: int, incarnation: bytes) -> None:
+        """XFetch (Vattani et al.): renew early with a probability that rises as the TTL runs
+        out, so a hot key is reloaded once, before it expires, not by a crowd after. Readers
+        keep hitting meanwhile: the refresh is nobody's to join."""
+        if pttl_ms < 0 or sku in self._refreshing:
+            return
+        delta_ms = max(self._load_ms, self.options.xfetch_delta_ms_min)
+        if pttl_ms > -delta_ms * self.options.xfetch_beta * math.log(1.0 - random.random()):
+            return
+        if len(self._refreshing) >= self.options.refreshes_in_flight_max:
+            return
+        task = asyncio.ensure_future(self._fetch(sku, ReadReply.LEASE, incarnation, None))
+        self._refreshing[sku] = task
+        task.add_done_callback(lambda done: self._refreshed(sku, done))
+
+    def _refreshed(self, sku: str, task: asyncio.Future[tuple[Item | None, bool]]) -> None:
+        self._refreshing.pop(sku, None)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("early refresh of %s failed: %s", sku, task.exception())
+
+    # --- writes -----------------------------------------------------------------------------
+
+    async def committed(self, changes: Sequence[Change]) -> None:
+        if not self._up:
+            self._tailer.add(_entries(changes))
+            return
+        try:
+            await asyncio.gather(*(self._push(Item(c.sku, c.on_hand, c.version)) for c in changes))
+        except Exception as error:
+            # The change is committed whatever Redis says: the feed will push it, and until
+            # then this process reads from the database.
+            if not isinstance(error, CACHE_ERRORS):
+                log.exception("push after commit failed")
+            self._tailer.add(_entries(changes))
+            self._trip()
+
+    async def _push(self, item: Item) -> None:
+        await self._client.evalsha(
+            scripts.PUSH, (self.keys.item(item.sku),), (item.version, item.on_hand, self._ttl_ms)
+        )
+
+
+def _entries(changes: Sequence[Change]) -> list[FeedEntry]:
+    now_s = time.time()
+    return [FeedEntry(c.sku, c.version, c.on_hand, now_s) for c in changes]

@@ -1,0 +1,152 @@
+"""The change feed's consumer: pushes every committed change into Redis, so a writer that died
+between its COMMIT and its own push cannot leave a stale value behind (docs/cache.md, G2).
+
+Every server runs one. Pushes are fenced by version, so several tailers and the writers' own
+pushes never undo each other. While this process cannot reach Redis, changes wait in a bounded
+pending set (the newest state per SKU); `catch_up()` drains it before the process may serve from
+Redis again (G5).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable
+
+from stockkeeper import metrics
+from stockkeeper.cache import scripts
+from stockkeeper.cache.resp import CacheReplyError, CacheUnavailable, RespClient
+from stockkeeper.cache.scripts import PushReply
+from stockkeeper.domain import FeedEntry, StockkeeperError
+from stockkeeper.store.protocol import ChangeFeed
+
+log = logging.getLogger("stockkeeper.cache")
+
+PUSH_BATCH_MAX = 1_000
+RESET_SCAN_COUNT = 1_000
+
+
+class FeedTailer:
+    def __init__(
+        self,
+        feed: ChangeFeed,
+        client: RespClient,
+        keys: scripts.Keys,
+        *,
+        ttl_ms: int,
+        pending_skus_max: int,
+        is_up: Callable[[], bool],
+        trip: Callable[[], None],
+    ) -> None:
+        self._feed = feed
+        self._client = client
+        self._keys = keys
+        self._ttl_ms = ttl_ms
+        self._pending_skus_max = pending_skus_max
+        self._is_up = is_up
+        self._trip = trip
+        self._pending: dict[str, FeedEntry] = {}
+        # More SKUs changed while Redis was away than we keep: recovery deletes every key.
+        self._overflowed = False
+        self._lock = asyncio.Lock()
+        self.positioned = False
+
+    def add(self, entries: Iterable[FeedEntry]) -> None:
+        """Remember states to push (the newest per SKU)."""
+        for entry in entries:
+            known = self._pending.get(entry.sku)
+            if known is not None and known.version >= entry.version:
+                continue
+            if known is None and len(self._pending) >= self._pending_skus_max:
+                self._overflowed = True
+                self._pending.clear()
+            if not self._overflowed:
+                self._pending[entry.sku] = entry
+
+    async def position(self, replay_s: float) -> None:
+        """Start at the present, then queue the last `replay_s` of changes: a writer that died
+        before its push while no tailer ran may have left a value that only these fix."""
+        async with self._lock:
+            await self._feed.poll()
+            self.add(await self._feed.recent(replay_s))
+            self.positioned = True
+
+    async def step(self) -> None:
+        """One poll of the feed; push what it brought if Redis is reachable."""
+        async with self._lock:
+            self.add(await self._feed.poll())
+            if self._is_up():
+                try:
+                    await self._flush()
+                except (CacheUnavailable, CacheReplyError):
+                    self._trip()
+
+    async def catch_up(self) -> None:
+        """Poll once (after Redis came back), then push everything pending; raises
+        CacheUnavailable if Redis fails meanwhile. On return nothing committed before the
+        poll is missing from Redis."""
+        async with self._lock:
+            self.add(await self._feed.poll())
+            if self._overflowed:
+                await self._delete_every_key()
+                self._overflowed = False
+            await self._flush()
+
+    async def _flush(self) -> None:
+        # Loops until empty with no await between the last check and returning, so a writer
+        # that queued a change during a push is pushed too.
+        while self._pending:
+            batch = list(self._pending.values())[:PUSH_BATCH_MAX]
+            replies = await asyncio.gather(
+                *(
+                    self._client.evalsha(
+                        scripts.PUSH,
+                        (self._keys.item(e.sku),),
+                        (e.version, e.on_hand, self._ttl_ms),
+                    )
+                    for e in batch
+                )
+            )
+            for entry, reply in zip(batch, replies, strict=True):
+                if self._pending.get(entry.sku) is entry:
+                    del self._pending[entry.sku]
+                _observe_lag(entry, reply)
+
+    async def _delete_every_key(self) -> None:
+        cursor: int | bytes = 0
+        while True:
+            cursor, keys = await self._client.call(
+                "SCAN", cursor, "MATCH", self._keys.pattern, "COUNT", RESET_SCAN_COUNT
+            )
+            if keys:
+                await self._client.call("UNLINK", *keys)
+            if int(cursor) == 0:
+                return
+
+    async def run(self, poll_ms: float, replay_s: float) -> None:
+        """Forever: position (retrying while the database is down), then poll every
+        `poll_ms`. The database being down only pauses it; the position survives."""
+        while True:
+            try:
+                if not self.positioned:
+                    await self.position(replay_s)
+                await self.step()
+            except StockkeeperError as error:
+                log.warning("change feed paused: %s", error)
+                await asyncio.sleep(1)
+            except Exception:
+                log.exception("change feed failed; retrying")
+                await asyncio.sleep(1)
+            await asyncio.sleep(poll_ms / 1000)
+
+
+def _observe_lag(entry: FeedEntry, reply: list[int | bytes]) -> None:
+    """Lag of a change = when Redis first held a value at its version minus its audit time."""
+    kind = reply[0]
+    if kind == PushReply.INSTALLED:
+        installed_us = int(reply[1])
+    elif kind == PushReply.CURRENT and int(reply[1]) == entry.version:
+        installed_us = int(reply[2])
+    else:
+        return
+    metrics.VISIBILITY_LAG.observe(max(installed_us / 1e6 - entry.at_s, 0.0))

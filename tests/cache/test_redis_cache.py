@@ -1,0 +1,334 @@
+"""The shared cache's guarantees (docs/cache.md), each scenario run on the coherent cache and on
+the naive design it replaces: the coherent one must hold, the naive one must break.
+
+Servers are Inventories in this process, each with its own database connections and its own
+Redis connection, over the real database (both backends) and the real Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from stockkeeper import failpoints
+from stockkeeper.cache.base import DirectReads
+from stockkeeper.cache.redis import RedisCache
+from stockkeeper.cache.resp import RespClient
+from stockkeeper.domain import Change, InvalidRequest, Item, Unavailable
+from stockkeeper.failpoints import FailpointError
+from tests.cache.conftest import OpenServer, Server
+from tests.cache.holds import held
+
+NO_FEED = {"feed_poll_ms": 60_000.0}  # the tailer stays out of the way of a scenario
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float) -> bool:
+    """Whether `check` comes true within `timeout_s` (polled every 2 ms)."""
+    deadline = time.monotonic() + timeout_s
+    while not await check():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.002)
+    return True
+
+
+def expect(kind: str, holds: bool) -> None:
+    """The coherent cache must hold; every naive design must break the same scenario."""
+    assert holds == (kind == "coherent"), f"{kind}: guarantee {'held' if holds else 'broken'}"
+
+
+async def buy(server: Server, sku: str) -> Change:
+    return (await server.inventory.decrement_stock(sku, 1, user="t")).change
+
+
+async def write_then_die(server: Server, sku: str) -> None:
+    """A purchase that commits, then its process dies before telling the cache."""
+    with failpoints.armed("cache.push.before", "error"), pytest.raises(FailpointError):
+        await buy(server, sku)
+
+
+# --- G1: monotonic reads ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("expired", [False, True], ids=["cached", "expired"])
+@pytest.mark.parametrize("kind", ["coherent", "naive"])
+async def test_g1_a_slow_fill_never_replaces_a_newer_served_version(
+    open_server: OpenServer, redis: RespClient, sku: str, kind: str, expired: bool
+) -> None:
+    """The stale-set race: a reader fetches v1, a writer commits v2, v2 is served (and then,
+    in one variant, expires), then the reader's fill of v1 arrives."""
+    a, b = await open_server(kind, **NO_FEED), await open_server(kind, **NO_FEED)
+    await a.inventory.set_stock(sku, 5, user="t")
+    async with held("service.read.after_fetch") as hold:
+        slow = asyncio.create_task(a.read(sku))
+        await hold.reached()
+        await buy(b, sku)
+        served = await b.read(sku)
+        if expired:
+            await redis.call("DEL", b.key(sku))
+        hold.release()
+        later = [await slow]
+    later += [await server.read(sku) for server in (a, b)]
+    assert served == Item(sku, 4, 2)
+    expect(kind, all(item.version >= served.version for item in later))
+
+
+@pytest.mark.parametrize("kind", ["coherent", "naive-set"])
+async def test_g1_updates_arriving_out_of_order_never_lower_the_value(
+    open_server: OpenServer, sku: str, kind: str
+) -> None:
+    a = await open_server(kind, **NO_FEED)
+    await a.inventory.set_stock(sku, 5, user="t")
+    await a.read(sku)
+    await a.cache.committed([Change(sku, -1, 3, 3, 0)])
+    await a.cache.committed([Change(sku, -1, 4, 2, 0)])  # the older one, late
+    expect(kind, (await a.read(sku)).version == 3)
+
+
+@pytest.mark.parametrize("kind", ["coherent", "naive"])
+async def test_g1_redis_emptied_mid_fill_serves_nothing_older(
+    open_server: OpenServer, redis: RespClient, sku: str, kind: str
+) -> None:
+    """Redis restarts empty (every key of the SKU vanishes) while a fill is in flight, after a
+    newer version was served from it."""
+    a, b = await open_server(kind, **NO_FEED), await open_server(kind, **NO_FEED)
+    await a.inventory.set_stock(sku, 5, user="t")
+    await b.read(sku)
+    async with held("service.read.after_fetch") as hold:
+        await redis.call("DEL", b.key(sku))
+        slow = asyncio.create_task(a.read(sku))
+        await hold.reached()
+        await buy(b, sku)
+        served = await b.read(sku)
+        await redis.call("DEL", b.key(sku))  # the restart
+        hold.release()
+        await slow
+    expect(kind, (await b.read(sku)).version >= served.version == 2)
+
+
+# --- G2: visible everywhere, also when the writer dies after COMMIT ----------------------------
+
+
+@pytest.mark.parametrize("kind", ["coherent", "naive"])
+async def test_g2_a_writer_dying_after_commit_is_visible_everywhere_within_100_ms(
+    open_server: OpenServer, sku: str, kind: str
+) -> None:
+    a, b = await open_server(kind), await open_server(kind)
+    await a.inventory.set_stock(sku, 5, user="t")
+    assert (await b.read(sku)).version == 1
+    await write_then_die(a, sku)
+    committed_at = time.monotonic()
+
+    async def b_serves_it() -> bool:
+        return (await b.read(sku)).version == 2
+
+    await eventually(b_serves_it, 0.5)
+    expect(kind, time.monotonic() - committed_at < 0.1)
+
+
+@pytest.mark.parametrize("kind", ["coherent", "naive"])
+async def test_g2_a_fill_in_flight_never_hides_a_write_pushed_meanwhile(
+    open_server: OpenServer, sku: str, kind: str
+) -> None:
+    """A reader fetched v1; a writer commits v2 and pushes it (nothing cached yet: the push
+    leaves a version floor); the reader's fill of v1 lands. The writer must still read v2."""
+    a, b = await open_server(kind, **NO_FEED), await open_server(kind, **NO_FEED)
+    await a.inventory.set_stock(sku, 5, user="t")
+    async with held("service.read.after_fetch") as hold:
+        slow = asyncio.create_task(a.read(sku))
+        await hold.reached()
+        mine = await buy(b, sku)
+        hold.release()
+        await slow
+    expect(kind, (await b.read(sku)).version == mine.version == 2)
+
+
+@pytest.mark.parametrize("kind", ["coherent", "naive-set"])
+async def test_g2_a_late_push_of_an_older_write_never_hides_a_newer_one(
+    open_server: OpenServer, sku: str, kind: str
+) -> None:
+    """Writer a commits v2 and is slow to push; writer b commits v3, pushes, and must go on
+    serving v3 (its own write) after a's push of v2 lands."""
+    a, b = await open_server(kind, **NO_FEED), await open_server(kind, **NO_FEED)
+    await a.inventory.set_stock(sku, 5, user="t")
+    await a.read(sku)
+    async with held("cache.push.before") as hold:
+        slow = asyncio.create_task(buy(a, sku))
+        await hold.reached()
+        mine = await buy(b, sku)
+        at_once = (await b.read(sku)).version == mine.version == 3
+        hold.release()
+        await slow
+    expect(kind, at_once and (await b.read(sku)).version == 3)
+
+
+async def test_g2_min_version_reads_through_a_cache_that_is_behind(
+    open_server: OpenServer, sku: str
+) -> None:
+    a = await open_server(**NO_FEED)
+    await a.inventory.set_stock(sku, 5, user="t")
+    await a.read(sku)
+    await write_then_die(a, sku)
+    assert (await a.read(sku)).version == 1  # the feed has not run: the cache is behind
+    assert (await a.inventory.read(sku, min_version=2)).item == Item(sku, 4, 2)
+    assert (await a.inventory.read(sku)).item.version == 2  # the read-through raised it
+    with pytest.raises(InvalidRequest, match="min_version"):
+        await a.inventory.read(sku, min_version=3)
+
+
+# --- G3: writes keep keys cached ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["coherent", "naive"])
+async def test_g3_a_write_leaves_its_key_cached(
+    open_server: OpenServer, sku: str, kind: str
+) -> None:
+    a = await open_server(kind, **NO_FEED)
+    await a.inventory.set_stock(sku, 5, user="t")
+    await a.read(sku)
+    await buy(a, sku)
+    read = await a.inventory.read(sku)
+    expect(kind, read.cache_hit and read.item.version == 2)
+
+
+@pytest.mark.parametrize("kind", ["coherent", "naive"])
+async def test_g3_xfetch_renews_a_hot_key_before_it_expires(
+    open_server: OpenServer, sku: str, kind: str
+) -> None:
+    """A key read continuously through three TTLs never misses after the first read."""
+    options = {"ttl_s": 0.3, "xfetch_delta_ms_min": 20.0} if kind == "coherent" else {}
+    a = await open_server(kind, **NO_FEED, **options)
+    if kind != "coherent":
+        a.cache._ttl_s = 1  # type: ignore[attr-defined]  # the naive cache's TTL, in seconds
+    await a.inventory.set_stock(sku, 5, user="t")
+    misses = 0
+    deadline = time.monotonic() + 3 * (0.3 if kind == "coherent" else 1.0)
+    while time.monotonic() < deadline:
+        misses += not (await a.inventory.read(sku)).cache_hit
+        await asyncio.sleep(0.001)
+    expect(kind, misses == 1)
+
+
+# --- G4: no thundering herd -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["coherent", "naive"])
+async def test_g4_a_cold_key_stampede_reads_the_database_once_per_server(
+    open_server: OpenServer, sku: str, kind: str
+) -> None:
+    servers = [await open_server(kind, **NO_FEED) for _ in range(4)]
+    await servers[0].inventory.set_stock(sku, 5, user="t")
+    reads = [server.read(sku) for server in servers for _ in range(100)]
+    items = await asyncio.gather(*reads)
+    assert set(items) == {Item(sku, 5, 1)}
+    per_server = [len(server.db_reads) for server in servers]
+    expect(kind, max(per_server) <= 1)
+
+
+# --- G5: degraded, never wrong --------------------------------------------------------------------
+
+
+async def test_g5_with_redis_unreachable_reads_and_writes_go_on_from_the_database(
+    database_url: str, sku: str
+) -> None:
+    from stockkeeper.service import Inventory
+
+    async with await Inventory.open(database_url, cache_url="redis://127.0.0.1:1/0") as inventory:
+        assert isinstance(inventory.cache, RedisCache) and not inventory.cache.up
+        await inventory.set_stock(sku, 5, user="t")
+        await inventory.decrement_stock(sku, 2, user="t")
+        read = await inventory.read(sku)
+        assert read.item == Item(sku, 3, 2) and not read.cache_hit
+        with pytest.raises(Unavailable, match="cache unreachable"):
+            await inventory.cache.ping()
+
+
+async def test_g5_a_hanging_redis_costs_one_bounded_timeout(
+    open_server: OpenServer, redis: RespClient, sku: str
+) -> None:
+    a = await open_server(timeout_ms=50, recovery_probe_ms=5_000, **NO_FEED)
+    await a.inventory.set_stock(sku, 5, user="t")
+    await a.read(sku)
+    await redis.call("CLIENT", "PAUSE", 400, "ALL")
+    started = time.monotonic()
+    first = await a.inventory.read(sku)
+    first_s = time.monotonic() - started
+    second = await a.inventory.read(sku)
+    both_s = time.monotonic() - started
+    await asyncio.sleep(0.4)
+    assert first.item == second.item == Item(sku, 5, 1)
+    assert not first.cache_hit and not second.cache_hit
+    assert first_s < 0.3 and both_s < 0.3, (first_s, both_s)  # 50 ms + one database read
+
+
+@pytest.mark.parametrize("protected", [True, False])
+async def test_g5_after_an_outage_nothing_stale_is_served(
+    open_server: OpenServer, redis: RespClient, sku: str, protected: bool
+) -> None:
+    """Redis kept v1 while this process could not reach it and committed v2; when it comes
+    back, v2 is pushed before any hit. Without the catch-up, v1 would be served."""
+    a = await open_server(recovery_probe_ms=50.0, **NO_FEED)
+    assert isinstance(a.cache, RedisCache)
+    await a.inventory.set_stock(sku, 5, user="t")
+    await a.read(sku)
+    if not protected:
+
+        async def skip() -> None:
+            return None
+
+        a.cache._tailer.catch_up = skip  # type: ignore[method-assign]
+    a.cache._trip()  # the connection is lost
+    await buy(a, sku)
+    assert await redis.call("HGET", a.key(sku), "v") == b"1"
+
+    async def recovered() -> bool:
+        return a.cache.up  # type: ignore[attr-defined]
+
+    assert await eventually(recovered, 5)
+    read = await a.inventory.read(sku)
+    assert read.cache_hit
+    assert (read.item.version == 2) == protected
+
+
+@pytest.mark.parametrize("kind", ["coherent", "none"])
+async def test_g5_while_the_database_is_down_cached_items_are_still_served(
+    open_server: OpenServer, sku: str, kind: str
+) -> None:
+    a = await open_server(**NO_FEED)
+    await a.inventory.set_stock(sku, 5, user="t")
+    await a.read(sku)
+    if kind == "none":
+        a.inventory.cache = DirectReads(a.store)
+
+    async def database_down(sku: str) -> Item | None:
+        raise Unavailable("database unreachable: connection refused")
+
+    a.store.get_item = database_down  # type: ignore[method-assign]
+    try:
+        served = (await a.read(sku)) == Item(sku, 5, 1)
+    except Unavailable:
+        served = False
+    assert served == (kind == "coherent")
+
+
+# --- the batch read -------------------------------------------------------------------------------
+
+
+async def test_read_many_answers_in_one_round_trip_when_every_sku_is_cached(
+    open_server: OpenServer, sku: str
+) -> None:
+    a = await open_server(**NO_FEED)
+    skus = [f"{sku}-{n}" for n in range(5)]
+    for n, one in enumerate(skus):
+        await a.inventory.set_stock(one, n, user="t")
+    found, unknown = await a.inventory.read_many([*skus[:3], f"{sku}-none"])
+    assert [r.item for r in found] == [Item(s, n, 1) for n, s in enumerate(skus[:3])]
+    assert unknown == [f"{sku}-none"] and not any(r.cache_hit for r in found)
+    reads_before = len(a.db_reads)
+    found, unknown = await a.inventory.read_many(list(reversed(skus)))
+    assert [r.item.sku for r in found] == list(reversed(skus)) and unknown == []
+    assert [r.cache_hit for r in found] == [False, False, True, True, True]
+    assert len(a.db_reads) == reads_before + 2
