@@ -14,14 +14,17 @@ from stockkeeper.domain import Unavailable
 from stockkeeper.store import Store
 
 DEFAULT_CACHE_URL = "memory://"
-CACHE_SCHEMES = ("memory://", "redis://", "rediss://", "unix://")
+CACHE_SCHEMES = ("memory://", "redis://", "unix://")
 
 __all__ = ["DEFAULT_CACHE_URL", "ReadCache", "check_cache_url", "open_cache", "ping_cache"]
 
 
 def check_cache_url(url: str) -> None:
     if not url.startswith(CACHE_SCHEMES):
-        raise ValueError(f"unsupported cache URL {url!r}: use memory:// or redis://host:port/db")
+        raise ValueError(
+            f"unsupported cache URL {url!r}: use memory://, redis://host:port/db or "
+            "unix:///path?db=N (TLS is not supported)"
+        )
 
 
 async def open_cache(url: str, store: Store) -> ReadCache:
@@ -36,7 +39,10 @@ async def open_cache(url: str, store: Store) -> ReadCache:
         from stockkeeper.cache.scripts import Keys
 
         options = RedisCacheOptions()
-        client = RespClient.from_url(url, timeout_ms=options.timeout_ms)
+        # A blackholed Redis costs a connect timeout: keep it as short as a command's.
+        client = RespClient.from_url(
+            url, timeout_ms=options.timeout_ms, connect_timeout_ms=options.timeout_ms
+        )
         keys = Keys.for_database(await store.token_key())
         cache = RedisCache(client, store, keys, options)
     await cache.start()
