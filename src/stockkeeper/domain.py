@@ -293,6 +293,14 @@ class Unavailable(StockkeeperError):
     """The database did not answer, or a transaction could not finish; nothing changed."""
 
     code = "unavailable"
+    retry_after_s: int | None = None
+
+
+class Busy(Unavailable):
+    """Overloaded: no database connection (or SQLite's writer) was free in time. Nothing
+    changed; the caller may try again after `retry_after_s`."""
+
+    retry_after_s = 1
 
 
 class Unauthenticated(StockkeeperError):

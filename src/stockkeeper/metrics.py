@@ -40,6 +40,10 @@ VISIBILITY_LAG = Histogram(
     "From a change's commit to this server being able to serve it.",
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
 )
+BUSY_REFUSALS = Counter(
+    "stockkeeper_busy_refusals_total",
+    "Requests answered 503 busy: no database connection was free within pool_wait_ms_max.",
+)
 TRANSACTION_RETRIES = Counter(
     "stockkeeper_transaction_retries_total",
     "Transactions run again after a transient fault, by fault.",

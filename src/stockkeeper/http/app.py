@@ -308,6 +308,8 @@ def _idempotency_key(request: Request) -> str | None:
 def _problem(error: StockkeeperError) -> Response:
     status, body = problem_body(error)
     headers = [(b"www-authenticate", b"Bearer")] if status == 401 else []
+    if isinstance(error, Unavailable) and error.retry_after_s is not None:
+        headers.append((b"retry-after", b"%d" % error.retry_after_s))
     if error.code == "method_not_allowed":
         headers.append((b"allow", ", ".join(error.details()["allowed"]).encode()))
     return Response(status, body, content_type=PROBLEM_CONTENT_TYPE, headers=headers)
@@ -319,6 +321,7 @@ def create_app() -> App:
     options = StoreOptions(
         pool_size=int(os.environ.get("STOCKKEEPER_POOL_SIZE", "10")),
         lock_wait_ms_max=int(os.environ.get("STOCKKEEPER_LOCK_WAIT_MS_MAX", "5000")),
+        pool_wait_ms_max=int(os.environ.get("STOCKKEEPER_POOL_WAIT_MS_MAX", "1000")),
     )
 
     cache_url = os.environ.get("STOCKKEEPER_CACHE_URL", DEFAULT_CACHE_URL)

@@ -15,8 +15,10 @@ from typing import Any, TypeVar
 
 import asyncpg
 
+from stockkeeper import metrics
 from stockkeeper.domain import (
     AuditPage,
+    Busy,
     FeedEntry,
     Item,
     Principal,
@@ -270,21 +272,35 @@ class PostgresStore:
         """Run `op` on a pooled connection; again, on a fresh one, if the connection breaks."""
 
         async def attempt() -> T:
+            conn = await self._acquire()
             try:
-                async with self._pool.acquire(timeout=5) as conn:
-                    try:
-                        return await op(conn)
-                    except _UNREACHABLE as error:
-                        raise _ConnectionLost(str(error)) from error
-                    except asyncpg.exceptions.LockNotAvailableError as error:
-                        # Not retried: a row held this long means overload; waiting more adds to it.
-                        raise Unavailable(
-                            f"waited over {self._options.lock_wait_ms_max} ms for a lock"
-                        ) from error
+                return await op(conn)
             except _UNREACHABLE as error:
-                raise Unavailable(f"database unreachable: {error}") from error
+                raise _ConnectionLost(str(error)) from error
+            except asyncpg.exceptions.LockNotAvailableError as error:
+                # Not retried: a row held this long means overload; waiting more adds to it.
+                raise Unavailable(
+                    f"waited over {self._options.lock_wait_ms_max} ms for a lock"
+                ) from error
+            finally:
+                await self._pool.release(conn)
 
         return await retrying(attempt, _transient, self._options.retry)
+
+    async def _acquire(self) -> asyncpg.Connection:
+        wait_ms = self._options.pool_wait_ms_max
+        try:
+            return await self._pool.acquire(timeout=wait_ms / 1000)
+        except TimeoutError as error:
+            if (
+                self._pool.get_idle_size() == 0
+                and self._pool.get_size() >= self._pool.get_max_size()
+            ):
+                metrics.BUSY_REFUSALS.inc()
+                raise Busy(f"busy: no database connection free within {wait_ms} ms") from error
+            raise Unavailable(f"database unreachable: no connection within {wait_ms} ms") from error
+        except _UNREACHABLE as error:
+            raise Unavailable(f"database unreachable: {error}") from error
 
     async def _in_tx(self, op: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
         async def run(conn: asyncpg.Connection) -> T:

@@ -24,10 +24,13 @@ from stockkeeper.retry import RetryPolicy
 
 @dataclass(frozen=True, slots=True)
 class StoreOptions:
-    """Limits of one store: connections, how long a write may wait for a lock, retries."""
+    """Limits of one store: connections, how long to wait for one or for a lock, retries."""
 
     pool_size: int = 10
     lock_wait_ms_max: int = 5_000
+    # Waiting for a free connection (or SQLite's writer) longer means overload: answer Busy
+    # well within a client's timeout rather than queue without end.
+    pool_wait_ms_max: int = 1_000
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 
 

@@ -9,19 +9,22 @@ synchronous=FULL because an acknowledged purchase must survive a power cut.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import re
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from stockkeeper import metrics
 from stockkeeper.domain import (
     AuditPage,
+    Busy,
     FeedEntry,
     Item,
     Principal,
@@ -291,6 +294,7 @@ class SqliteStore:
         self._writer = _Connection(path, options.lock_wait_ms_max)
         self._reader = _Connection(path, options.lock_wait_ms_max)
         self._write_lock = asyncio.Lock()
+        self._pool_wait_ms_max = options.pool_wait_ms_max
         self._token_key: bytes | None = None
         self._local_view: _SqliteLocalView | None = None
 
@@ -303,9 +307,23 @@ class SqliteStore:
         await store._reader.open()
         return store
 
+    @contextlib.asynccontextmanager
+    async def _writer_free(self) -> AsyncIterator[None]:
+        """This process's one writer connection, waited for at most pool_wait_ms_max."""
+        wait_ms = self._pool_wait_ms_max
+        try:
+            await asyncio.wait_for(self._write_lock.acquire(), wait_ms / 1000)
+        except TimeoutError as error:
+            metrics.BUSY_REFUSALS.inc()
+            raise Busy(f"busy: the database writer was not free within {wait_ms} ms") from error
+        try:
+            yield
+        finally:
+            self._write_lock.release()
+
     async def _in_tx(self, op: Callable[[], Any]) -> Any:
         async def attempt() -> Any:
-            async with self._write_lock:
+            async with self._writer_free():
                 await self._writer.execute("BEGIN IMMEDIATE")
                 try:
                     result = await op()
