@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from stockkeeper import auth, failpoints, metrics
-from stockkeeper.cache import DEFAULT_CACHE_URL, ReadCache, open_cache
+from stockkeeper.cache import DEFAULT_CACHE_URL, ReadCache, RedisCacheOptions, open_cache
 from stockkeeper.cache.base import DirectReads
 from stockkeeper.domain import (
     AUDIT_PAGE_LIMIT_MAX,
@@ -67,6 +67,7 @@ class Inventory:
         options: StoreOptions | None = None,
         *,
         cache_url: str = DEFAULT_CACHE_URL,
+        redis_options: RedisCacheOptions | None = None,
         migrate: bool = True,
     ) -> Inventory:
         """Connect to the database (creating or upgrading its schema) and start the cache
@@ -75,7 +76,7 @@ class Inventory:
         try:
             if migrate:
                 await store.migrate()
-            cache = await open_cache(cache_url, store)
+            cache = await open_cache(cache_url, store, redis_options)
         except BaseException:
             await store.close()
             raise

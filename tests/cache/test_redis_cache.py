@@ -16,7 +16,7 @@ import pytest
 from stockkeeper import failpoints
 from stockkeeper.cache.base import DirectReads
 from stockkeeper.cache.redis import RedisCache
-from stockkeeper.cache.resp import RespClient
+from stockkeeper.cache.resp import CacheUnavailable, RespClient
 from stockkeeper.domain import Change, InvalidRequest, Item, Unavailable
 from stockkeeper.failpoints import FailpointError
 from tests.cache.conftest import OpenServer, Server
@@ -280,7 +280,7 @@ async def test_g5_after_an_outage_nothing_stale_is_served(
             return None
 
         a.cache._tailer.catch_up = skip  # type: ignore[method-assign]
-    a.cache._trip()  # the connection is lost
+    a.cache._trip(CacheUnavailable("the connection is lost"))
     await buy(a, sku)
     assert await redis.call("HGET", a.key(sku), "v") == b"1"
 

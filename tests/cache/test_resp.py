@@ -284,6 +284,22 @@ async def test_a_hung_server_costs_one_bounded_timeout_then_the_client_reconnect
         await client.close()
 
 
+async def test_a_busy_event_loop_is_not_mistaken_for_a_hung_redis() -> None:
+    """The replies arrived while this process's loop was blocked for three timeouts (a server
+    under CPU load): the calls succeed and the connection stays."""
+    client = RespClient.from_url(URL, timeout_ms=50)
+    try:
+        before = await client.call("CLIENT", "ID")
+        calls = [asyncio.ensure_future(client.call("ECHO", f"m{n}")) for n in range(20)]
+        await asyncio.sleep(0)  # sent
+        time.sleep(0.15)  # noqa: ASYNC251 (the point: the loop is stuck; Redis answers meanwhile)
+        replies = await within(asyncio.gather(*calls))
+        assert replies == [f"m{n}".encode() for n in range(20)]
+        assert await client.call("CLIENT", "ID") == before
+    finally:
+        await client.close()
+
+
 async def test_a_silent_server_fails_every_pending_call_at_the_deadline(
     fake_server: Callable[..., Awaitable[tuple[FakeRedis, str]]],
 ) -> None:

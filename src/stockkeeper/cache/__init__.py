@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from stockkeeper.cache.base import DirectReads, ReadCache
 from stockkeeper.cache.memory import ProvenMemoryCache
+from stockkeeper.cache.redis import RedisCacheOptions
 from stockkeeper.cache.resp import CacheUnavailable, RespClient
 from stockkeeper.domain import Unavailable
 from stockkeeper.store import Store
@@ -16,7 +17,14 @@ from stockkeeper.store import Store
 DEFAULT_CACHE_URL = "memory://"
 CACHE_SCHEMES = ("memory://", "redis://", "unix://")
 
-__all__ = ["DEFAULT_CACHE_URL", "ReadCache", "check_cache_url", "open_cache", "ping_cache"]
+__all__ = [
+    "DEFAULT_CACHE_URL",
+    "ReadCache",
+    "RedisCacheOptions",
+    "check_cache_url",
+    "open_cache",
+    "ping_cache",
+]
 
 
 def check_cache_url(url: str) -> None:
@@ -27,7 +35,9 @@ def check_cache_url(url: str) -> None:
         )
 
 
-async def open_cache(url: str, store: Store) -> ReadCache:
+async def open_cache(
+    url: str, store: Store, redis_options: RedisCacheOptions | None = None
+) -> ReadCache:
     """The cache a URL names, over `store`, started."""
     check_cache_url(url)
     cache: ReadCache
@@ -35,10 +45,10 @@ async def open_cache(url: str, store: Store) -> ReadCache:
         view = store.local_view()
         cache = DirectReads(store) if view is None else ProvenMemoryCache(store, view)
     else:
-        from stockkeeper.cache.redis import RedisCache, RedisCacheOptions
+        from stockkeeper.cache.redis import RedisCache
         from stockkeeper.cache.scripts import Keys
 
-        options = RedisCacheOptions()
+        options = redis_options or RedisCacheOptions()
         # A blackholed Redis costs a connect timeout: keep it as short as a command's.
         client = RespClient.from_url(
             url, timeout_ms=options.timeout_ms, connect_timeout_ms=options.timeout_ms

@@ -98,8 +98,8 @@ class RedisCache:
     async def start(self) -> None:
         try:
             await self._client.call("PING")
-        except CACHE_ERRORS:
-            self._trip()
+        except CACHE_ERRORS as error:
+            self._trip(error)
         with contextlib.suppress(Unavailable):
             await self._tailer.position(self.options.ttl_s + 60)
         self._tailing = asyncio.create_task(
@@ -123,9 +123,11 @@ class RedisCache:
 
     # --- degraded mode ----------------------------------------------------------------------
 
-    def _trip(self) -> None:
+    def _trip(self, error: Exception) -> None:
         if self._up:
-            log.warning("cache unreachable: reading from the database until it recovers")
+            log.warning(
+                "cache unreachable (%s): reading from the database until it recovers", error
+            )
         self._up = False
         if self._recovery is None or self._recovery.done():
             self._recovery = asyncio.create_task(self._recover())
@@ -160,8 +162,8 @@ class RedisCache:
                 return await self._join(load)
         try:
             reply = await self._read_script(sku)
-        except CACHE_ERRORS:
-            self._trip()
+        except CACHE_ERRORS as error:
+            self._trip(error)
             return await self._direct(sku)
         return await self._resolve(sku, reply, min_version)
 
@@ -171,8 +173,8 @@ class RedisCache:
             return [await self._direct(sku) for sku in skus]
         try:
             replies = await asyncio.gather(*(self._read_script(sku) for sku in skus))
-        except CACHE_ERRORS:
-            self._trip()
+        except CACHE_ERRORS as error:
+            self._trip(error)
             return [await self._direct(sku) for sku in skus]
         return list(
             await asyncio.gather(
@@ -199,8 +201,8 @@ class RedisCache:
             # min_version (another filler may bring an older value), the database can.
             try:
                 return self._answer(*await self._read_through(sku))
-            except CACHE_ERRORS:
-                self._trip()
+            except CACHE_ERRORS as error:
+                self._trip(error)
                 return await self._direct(sku)
         load = self._loads.get(sku)
         if load is None or not load.joinable:
@@ -265,8 +267,8 @@ class RedisCache:
             if load is not None:
                 load.joinable = False
             return await self._read_through(sku)
-        except CACHE_ERRORS:
-            self._trip()
+        except CACHE_ERRORS as error:
+            self._trip(error)
             return await read_database(self._store, sku), True
 
     async def _read_through(self, sku: str) -> tuple[Item | None, bool]:
@@ -326,7 +328,7 @@ class RedisCache:
             if not isinstance(error, CACHE_ERRORS):
                 log.exception("push after commit failed")
             self._tailer.add(_entries(changes))
-            self._trip()
+            self._trip(error)
 
     async def _push(self, item: Item) -> None:
         await self._client.evalsha(

@@ -132,7 +132,12 @@ class _Connection(asyncio.Protocol):
 
     Each pending entry is (future, loop time it was queued). A periodic watchdog looks at the
     oldest entry only: replies come in order, so if that one is not late, none is. This costs one
-    `loop.time()` per command instead of one timer per command."""
+    `loop.time()` per command instead of one timer per command.
+
+    Late means Redis made no progress: no reply for `timeout` since the oldest command was sent,
+    seen at two watchdog ticks in a row. A busy event loop (a server under load) delays reading
+    replies that already arrived; giving up then would send every read to the database exactly
+    when it can least take them, so the second tick lets `data_received` run first."""
 
     _transport: asyncio.Transport  # set by connection_made, before anything is sent
 
@@ -144,6 +149,8 @@ class _Connection(asyncio.Protocol):
         self._outbox: list[bytes] = []  # packed commands of this loop turn, not yet written
         self._reader = hiredis.Reader(replyError=CacheReplyError, notEnoughData=_MORE)
         self._watchdog: asyncio.TimerHandle | None = None
+        self._replied_at = self._loop.time()  # when the last reply was parsed
+        self._late_since_tick = False
         self.lost = False
         self.closed: asyncio.Future[None] = self._loop.create_future()
 
@@ -167,6 +174,7 @@ class _Connection(asyncio.Protocol):
                 self.fail(CacheUnavailable("Redis sent a reply nobody asked for"))
                 return
             waiter = pending.popleft()[0]
+            self._replied_at = self._loop.time()
             if waiter.done():  # its caller was cancelled; the reply still had to be consumed
                 continue
             if isinstance(reply, CacheReplyError):
@@ -235,19 +243,24 @@ class _Connection(asyncio.Protocol):
         )
 
     def _watch(self) -> None:
-        if self._pending and self._loop.time() - self._pending[0][1] > self._timeout:
+        late = False
+        if self._pending:
+            waiting_since = max(self._pending[0][1], self._replied_at)
+            late = self._loop.time() - waiting_since > self._timeout
+        if late and self._late_since_tick:
             self.fail(CacheUnavailable(f"no reply from Redis within {self._timeout * 1000:g} ms"))
-        else:
-            self._arm_watchdog()
+            return
+        self._late_since_tick = late
+        self._arm_watchdog()
 
 
 class RespClient:
     """Redis client for one process: one shared connection, automatic pipelining.
 
     Connects on first use and again after the connection is lost; concurrent callers share one
-    connect attempt. Fails with `CacheUnavailable` rather than waiting: late reply (`timeout_ms`,
-    checked to within a quarter of it), connect slower than `connect_timeout_ms`, more than
-    `pending_max` commands in flight."""
+    connect attempt. Fails with `CacheUnavailable` rather than waiting: no reply for `timeout_ms`
+    (checked every quarter of it, confirmed at the next check), connect slower than
+    `connect_timeout_ms`, more than `pending_max` commands in flight."""
 
     def __init__(
         self,

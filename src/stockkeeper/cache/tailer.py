@@ -36,7 +36,7 @@ class FeedTailer:
         ttl_ms: int,
         pending_skus_max: int,
         is_up: Callable[[], bool],
-        trip: Callable[[], None],
+        trip: Callable[[Exception], None],
     ) -> None:
         self._feed = feed
         self._client = client
@@ -78,8 +78,8 @@ class FeedTailer:
             if self._is_up():
                 try:
                     await self._flush()
-                except (CacheUnavailable, CacheReplyError):
-                    self._trip()
+                except (CacheUnavailable, CacheReplyError) as error:
+                    self._trip(error)
 
     async def catch_up(self) -> None:
         """Poll once (after Redis came back), then push everything pending; raises

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from stockkeeper import failpoints, metrics
-from stockkeeper.cache import DEFAULT_CACHE_URL
+from stockkeeper.cache import DEFAULT_CACHE_URL, RedisCacheOptions
 from stockkeeper.domain import (
     MISSING,
     FieldError,
@@ -326,7 +326,13 @@ def create_app() -> App:
 
     cache_url = os.environ.get("STOCKKEEPER_CACHE_URL", DEFAULT_CACHE_URL)
 
+    redis_options = RedisCacheOptions(
+        timeout_ms=float(os.environ.get("STOCKKEEPER_CACHE_TIMEOUT_MS", "100"))
+    )
+
     async def open_inventory() -> Inventory:
-        return await Inventory.open(database_url, options, cache_url=cache_url)
+        return await Inventory.open(
+            database_url, options, cache_url=cache_url, redis_options=redis_options
+        )
 
     return App(open_inventory)
