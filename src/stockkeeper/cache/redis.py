@@ -77,6 +77,7 @@ class RedisCache:
         self._refreshing: dict[str, asyncio.Future[tuple[Item | None, bool]]] = {}
         self._load_ms = 0.0  # moving average of a load's duration, for XFetch
         self._up = True
+        self._closing = False
         self._recovery: asyncio.Task[None] | None = None
         self.keys = keys
         self._tailer = FeedTailer(
@@ -107,6 +108,7 @@ class RedisCache:
         )
 
     async def close(self) -> None:
+        self._closing = True
         tasks = (self._tailing, self._recovery, *self._refreshing.values())
         for task in (*tasks, *(load.task for load in self._loads.values())):
             if task is not None:
@@ -124,6 +126,8 @@ class RedisCache:
     # --- degraded mode ----------------------------------------------------------------------
 
     def _trip(self, error: Exception) -> None:
+        if self._closing:  # our own close() failed what was in flight: nothing to recover
+            return
         if self._up:
             log.warning(
                 "cache unreachable (%s): reading from the database until it recovers", error

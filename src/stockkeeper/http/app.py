@@ -317,6 +317,10 @@ def _problem(error: StockkeeperError) -> Response:
 
 def create_app() -> App:
     """The app `stockkeeper serve` runs in each worker: configured by the environment."""
+    # Each worker's own stderr lines, with time and level: a trip to degraded mode needs both.
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s"
+    )
     database_url = os.environ.get("STOCKKEEPER_DATABASE_URL", DEFAULT_DATABASE_URL)
     options = StoreOptions(
         pool_size=int(os.environ.get("STOCKKEEPER_POOL_SIZE", "10")),

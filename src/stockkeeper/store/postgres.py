@@ -206,11 +206,19 @@ class _PgFeed:
                a.sku, a.version, a.on_hand, extract(epoch FROM a.at)::float8 AS at_s
         FROM (SELECT pg_current_snapshot() AS snap) AS s
         LEFT JOIN LATERAL (
-            SELECT sku, version, on_hand, at FROM audit
-            WHERE xid >= $1::text::xid8 OR xid = ANY($2::text[]::xid8[])
+            SELECT id, sku, version, on_hand, at FROM audit
+            WHERE xid >= $1::text::xid8 AND xid < pg_snapshot_xmax(s.snap)
+            UNION ALL
+            SELECT id, sku, version, on_hand, at FROM audit
+            WHERE xid = ANY($2::text[]::xid8[]) AND xid < $1::text::xid8
             ORDER BY id
         ) AS a ON true
     """
+    # Both halves are bounded index ranges. As `xid >= $1 OR xid = ANY($2)` the planner chose a
+    # scan of the whole table wherever `audit` had no statistics yet (autovacuum off): 227 ms
+    # at 351k rows, 100 times a second per server. No row visible in the snapshot has an xid at
+    # or above its xmax, and every xid of the previous xip lies below the previous xmax, so the
+    # bounds change no answer.
 
     def __init__(self, store: PostgresStore) -> None:
         self._store = store
