@@ -59,7 +59,7 @@ async def sell_out(
     async with Client(concurrency) as client:
         await put_stock(client, cluster, sku, stock)
         outcomes = await storm(http_purchase(client, cluster, sku), attempts, concurrency)
-        assert oversell_verdict(outcomes, stock, attempts) == []
+        assert oversell_verdict(outcomes, stock, attempts) == [], outcomes
         await assert_every_server_sees(client, cluster, sku, 0, stock + 1)
         entries = await full_audit(client, cluster, sku)
     assert_audit_replays(entries, 0)

@@ -325,7 +325,7 @@ def create_app() -> App:
     options = StoreOptions(
         pool_size=int(os.environ.get("STOCKKEEPER_POOL_SIZE", "10")),
         lock_wait_ms_max=int(os.environ.get("STOCKKEEPER_LOCK_WAIT_MS_MAX", "5000")),
-        pool_wait_ms_max=int(os.environ.get("STOCKKEEPER_POOL_WAIT_MS_MAX", "1000")),
+        pool_wait_ms_max=int(os.environ.get("STOCKKEEPER_POOL_WAIT_MS_MAX", "3000")),
     )
 
     cache_url = os.environ.get("STOCKKEEPER_CACHE_URL", DEFAULT_CACHE_URL)

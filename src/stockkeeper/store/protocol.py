@@ -30,7 +30,7 @@ class StoreOptions:
     lock_wait_ms_max: int = 5_000
     # Waiting for a free connection (or SQLite's writer) longer means overload: answer Busy
     # well within a client's timeout rather than queue without end.
-    pool_wait_ms_max: int = 1_000
+    pool_wait_ms_max: int = 3_000
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 
 
