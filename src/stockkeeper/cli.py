@@ -1,4 +1,5 @@
-"""Command line: `stockkeeper serve` and `stockkeeper token create|list|revoke`."""
+"""Command line: `stockkeeper serve`, `stockkeeper token create|list|revoke` and
+`stockkeeper bench oversell` (whose imports stay inside it, so `serve` never loads them)."""
 
 from __future__ import annotations
 
@@ -164,3 +165,100 @@ def token_revoke(token_id: int, database_url: str) -> None:
 
     info = _run(revoke)
     click.echo(f"revoked token {info.id} ({info.name}, {info.role.name.lower()})")
+
+
+@main.group()
+def bench() -> None:
+    """Benchmark scenarios against a local cluster this command starts, or running servers.
+    Needs the `bench` extra (aiohttp)."""
+
+
+@bench.command("oversell")
+@click.option("--attempts", default=10_000, show_default=True, type=click.IntRange(1))
+@click.option("--stock", default=100, show_default=True, type=click.IntRange(1, 1_000_000))
+@click.option("--concurrency", default=200, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("--servers", default=4, show_default=True, type=click.IntRange(1, 64))
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
+@click.option(
+    "--database",
+    "database_url",
+    default="postgresql://postgres@127.0.0.1:5432/test",
+    show_default=True,
+    help="For the cluster this starts. A postgresql:// URL without search_path gets a fresh "
+    "schema, dropped afterwards.",
+)
+@click.option(
+    "--cache",
+    "cache_url",
+    default="redis-private",
+    show_default=True,
+    help="For the cluster this starts: redis-private (a redis-server of its own), redis://… "
+    "or memory://.",
+)
+@click.option(
+    "--url",
+    "urls",
+    multiple=True,
+    help="Target these running servers instead of starting a cluster (repeat it).",
+)
+@click.option("--admin-token", envvar="STOCKKEEPER_BENCH_ADMIN_TOKEN", default=None)
+@click.option("--clerk-token", envvar="STOCKKEEPER_BENCH_CLERK_TOKEN", default=None)
+@click.option("--sku", default=None, help="A new SKU (default: a unique one per run).")
+@click.option(
+    "--json", "json_path", default=None, type=click.Path(dir_okay=False), help="Write the result."
+)
+def bench_oversell(
+    attempts: int,
+    stock: int,
+    concurrency: int,
+    servers: int,
+    workers: int,
+    database_url: str,
+    cache_url: str,
+    urls: tuple[str, ...],
+    admin_token: str | None,
+    clerk_token: str | None,
+    sku: str | None,
+    json_path: str | None,
+) -> None:
+    """ATTEMPTS concurrent purchases of one item against STOCK, round-robin over the servers;
+    then every server must serve 0 at version STOCK+1 and the audit log must hold exactly STOCK
+    purchases, gap-free and replaying. Exit status 1 when the verdict is WRONG."""
+    import json
+    from contextlib import ExitStack
+
+    from stockkeeper.bench.cluster import Cluster, local_cluster
+    from stockkeeper.bench.oversell import default_sku, exit_code, report, run_oversell
+
+    if attempts < stock:
+        raise click.BadParameter(f"fewer attempts ({attempts}) than stock ({stock})")
+    if urls and not (admin_token and clerk_token):
+        raise click.UsageError("--url needs --admin-token and --clerk-token")
+    try:
+        with ExitStack() as stack:
+            if urls:
+                cluster = Cluster([u.rstrip("/") for u in urls], str(admin_token), str(clerk_token))
+            else:
+                cluster = stack.enter_context(
+                    local_cluster(servers, workers, database_url, cache_url, admin_token)
+                )
+            result = asyncio.run(
+                run_oversell(
+                    cluster.urls,
+                    cluster.admin_token,
+                    cluster.clerk_token,
+                    sku or default_sku(),
+                    stock,
+                    attempts,
+                    concurrency,
+                )
+            )
+    except ImportError as error:
+        raise click.ClickException(f"{error}: install the bench extra") from None
+    except Exception as error:  # setup or transport faults: one line, exit 1
+        raise click.ClickException((str(error).splitlines() or [repr(error)])[0]) from None
+    click.echo(report(result))
+    if json_path is not None:
+        with open(json_path, "w") as out:
+            json.dump(result.to_json(), out, indent=2)
+    sys.exit(exit_code(result.problems))

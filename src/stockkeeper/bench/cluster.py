@@ -1,0 +1,238 @@
+"""A local cluster for the benchmarks: K real `stockkeeper serve` processes on one database and
+one cache, optionally in a fresh PostgreSQL schema and on a private redis-server, all stopped and
+removed on exit (also on error or Ctrl-C), so a bench run leaves nothing behind."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+STOCKKEEPER = shutil.which("stockkeeper", path=str(Path(sys.executable).parent)) or "stockkeeper"
+REDIS_SERVER = shutil.which("redis-server") or "redis-server"
+LOCAL_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
+PRIVATE_REDIS = "redis-private"  # --cache value: start a private redis-server for this run
+TOKEN = re.compile(r"^sk_\S+$", re.MULTILINE)
+STARTUP_S_MAX = 30.0
+STOP_S_MAX = 10.0
+TOKEN_CREATE_S_MAX = 30.0
+POLL_S = 0.1
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """What a scenario needs to drive a cluster: its URLs and two tokens."""
+
+    urls: list[str]
+    admin_token: str
+    clerk_token: str
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def has_schema(database_url: str) -> bool:
+    """Whether a PostgreSQL URL already names a schema (then it is used as it is)."""
+    query = urllib.parse.urlsplit(database_url).query
+    return "search_path" in urllib.parse.parse_qs(query)
+
+
+def with_search_path(database_url: str, schema: str) -> str:
+    parts = urllib.parse.urlsplit(database_url)
+    query = urllib.parse.urlencode([*urllib.parse.parse_qsl(parts.query), ("search_path", schema)])
+    return urllib.parse.urlunsplit(parts._replace(query=query))
+
+
+async def _execute(database_url: str, sql: str, timeout_s: float) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(database_url, timeout=timeout_s)
+    try:
+        await conn.execute(sql, timeout=timeout_s)
+    finally:
+        await conn.close(timeout=timeout_s)
+
+
+@contextmanager
+def fresh_schema(database_url: str, timeout_s: float = 30.0) -> Iterator[str]:
+    """A URL whose search_path is a new schema, dropped afterwards: the audit log is
+    append-only, so a bench run cannot clean up row by row."""
+    schema = f"sk_bench_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_execute(database_url, f"CREATE SCHEMA {schema}", timeout_s))
+    try:
+        yield with_search_path(database_url, schema)
+    finally:
+        asyncio.run(_execute(database_url, f"DROP SCHEMA {schema} CASCADE", timeout_s))
+
+
+def _redis_answers_ping(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1.0) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+@contextmanager
+def private_redis() -> Iterator[str]:
+    """A redis-server of our own (no persistence) on a free port, so the run never touches a
+    shared Redis; yields its URL and stops it afterwards."""
+    port = free_port()
+    command = [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1"]
+    process = subprocess.Popen(
+        [*command, "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + STARTUP_S_MAX
+        while not _redis_answers_ping(port):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server on port {port} did not start")
+            time.sleep(POLL_S)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        _stop(process)
+
+
+def _stop(process: subprocess.Popen[bytes], group: bool = False) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within STOP_S_MAX."""
+    if process.poll() is None:
+        _signal(process, signal.SIGTERM, group)
+        try:
+            process.wait(timeout=STOP_S_MAX)
+        except subprocess.TimeoutExpired:
+            _signal(process, signal.SIGKILL, group)
+            process.wait(timeout=STOP_S_MAX)
+    elif group:
+        _signal(process, signal.SIGKILL, group)  # orphaned workers of an exited server
+
+
+def _signal(process: subprocess.Popen[bytes], signum: int, group: bool) -> None:
+    try:
+        if group:
+            os.killpg(process.pid, signum)  # the server and its granian workers
+        else:
+            process.send_signal(signum)
+    except ProcessLookupError:
+        pass
+
+
+def _ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/readyz", timeout=1.0) as response:
+            return int(response.status) == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + STARTUP_S_MAX
+    while not _ready(url):
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}: {_tail(log)}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"server at {url} not ready after {STARTUP_S_MAX} s: {_tail(log)}")
+        time.sleep(POLL_S)
+
+
+def _tail(log: Path, chars: int = 2000) -> str:
+    return log.read_text(errors="replace")[-chars:]
+
+
+def create_token(database_url: str, name: str, role: str) -> str:
+    """A token made by the real CLI, as an operator would make it."""
+    command = [STOCKKEEPER, "token", "create", name, "--role", role, "--database", database_url]
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=TOKEN_CREATE_S_MAX, check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"token create failed: {done.stderr.strip()}")
+    return done.stdout.strip()
+
+
+@contextmanager
+def running_servers(
+    database_url: str,
+    cache_url: str,
+    servers: int,
+    workers: int = 1,
+    log_dir: Path | None = None,
+    admin_token: str | None = None,
+) -> Iterator[Cluster]:
+    """Start `servers` serve commands of `workers` processes each, one after another (the first
+    start against an empty database prints the admin token; pass `admin_token` for a database
+    that has one already), and stop them all on exit."""
+    processes: list[subprocess.Popen[bytes]] = []
+    with ExitStack() as stack:
+        if log_dir is None:
+            log_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sk-bench-")))
+        try:
+            urls, printed = [], []
+            for n in range(servers):
+                port = free_port()
+                out, log = log_dir / f"server-{n}.out", log_dir / f"server-{n}.log"
+                command = [STOCKKEEPER, "serve", "--port", str(port), "--workers", str(workers)]
+                with out.open("wb") as stdout, log.open("wb") as stderr:
+                    process = subprocess.Popen(
+                        [*command, "--database", database_url, "--cache", cache_url],
+                        stdout=stdout,
+                        stderr=stderr,
+                        start_new_session=True,  # its own process group, so stop reaches workers
+                    )
+                processes.append(process)
+                url = f"http://127.0.0.1:{port}"
+                _wait_ready(url, process, log)
+                urls.append(url)
+                printed += TOKEN.findall(out.read_text(errors="replace"))
+            admin = admin_token or (printed[0] if printed else None)
+            if admin is None:
+                raise RuntimeError(
+                    "the database has an admin token already (none was printed): pass it"
+                )
+            clerk = create_token(database_url, f"bench-{uuid.uuid4().hex[:8]}", "clerk")
+            yield Cluster(urls, admin, clerk)
+        finally:
+            for process in processes:
+                _stop(process, group=True)
+
+
+@contextmanager
+def local_cluster(
+    servers: int,
+    workers: int = 1,
+    database_url: str = LOCAL_POSTGRES_URL,
+    cache_url: str = PRIVATE_REDIS,
+    admin_token: str | None = None,
+) -> Iterator[Cluster]:
+    """Servers on `database_url` (a PostgreSQL URL without a schema gets a fresh one, dropped
+    afterwards) and `cache_url` (PRIVATE_REDIS starts a redis-server of our own)."""
+    with ExitStack() as stack:
+        if database_url.startswith(("postgresql://", "postgres://")) and not has_schema(
+            database_url
+        ):
+            database_url = stack.enter_context(fresh_schema(database_url))
+        if cache_url == PRIVATE_REDIS:
+            cache_url = stack.enter_context(private_redis())
+        yield stack.enter_context(
+            running_servers(database_url, cache_url, servers, workers, admin_token=admin_token)
+        )
