@@ -293,6 +293,29 @@ async def test_g5_after_an_outage_nothing_stale_is_served(
     assert (read.item.version == 2) == protected
 
 
+async def test_g5_more_changes_than_the_pending_set_keeps_reset_the_cache(
+    open_server: OpenServer, sku: str
+) -> None:
+    """Three SKUs change behind this server's back while it keeps at most two pending pushes:
+    it must not serve the old values; it deletes every key of its namespace and refills."""
+    a = await open_server(pending_skus_max=2, recovery_probe_ms=20.0, **NO_FEED)
+    b = await open_server(**NO_FEED)
+    assert isinstance(a.cache, RedisCache)
+    skus = [f"{sku}-{n}" for n in range(3)]
+    for one in skus:
+        await a.inventory.set_stock(one, 5, user="t")
+        await a.read(one)
+    for one in skus:
+        await write_then_die(b, one)
+    await a.cache._tailer.step()  # one poll brings all three
+
+    async def recovered() -> bool:
+        return a.cache.up  # type: ignore[attr-defined]
+
+    assert await eventually(recovered, 5)
+    assert [(await a.read(one)).version for one in skus] == [2, 2, 2]
+
+
 @pytest.mark.parametrize("kind", ["coherent", "none"])
 async def test_g5_while_the_database_is_down_cached_items_are_still_served(
     open_server: OpenServer, sku: str, kind: str

@@ -85,6 +85,7 @@ class RedisCache:
             client,
             keys,
             ttl_ms=self._ttl_ms,
+            replay_s=self.options.ttl_s + 60,
             pending_skus_max=self.options.pending_skus_max,
             is_up=lambda: self._up,
             trip=self._trip,
@@ -102,10 +103,8 @@ class RedisCache:
         except CACHE_ERRORS as error:
             self._trip(error)
         with contextlib.suppress(Unavailable):
-            await self._tailer.position(self.options.ttl_s + 60)
-        self._tailing = asyncio.create_task(
-            self._tailer.run(self.options.feed_poll_ms, self.options.ttl_s + 60)
-        )
+            await self._tailer.position()
+        self._tailing = asyncio.create_task(self._tailer.run(self.options.feed_poll_ms))
 
     async def close(self) -> None:
         self._closing = True

@@ -34,6 +34,7 @@ class FeedTailer:
         keys: scripts.Keys,
         *,
         ttl_ms: int,
+        replay_s: float,
         pending_skus_max: int,
         is_up: Callable[[], bool],
         trip: Callable[[Exception], None],
@@ -42,6 +43,7 @@ class FeedTailer:
         self._client = client
         self._keys = keys
         self._ttl_ms = ttl_ms
+        self._replay_s = replay_s
         self._pending_skus_max = pending_skus_max
         self._is_up = is_up
         self._trip = trip
@@ -63,29 +65,42 @@ class FeedTailer:
             if not self._overflowed:
                 self._pending[entry.sku] = entry
 
-    async def position(self, replay_s: float) -> None:
-        """Start at the present, then queue the last `replay_s` of changes: a writer that died
-        before its push while no tailer ran may have left a value that only these fix."""
+    async def position(self) -> None:
         async with self._lock:
+            await self._ensure_positioned()
+
+    async def _ensure_positioned(self) -> None:
+        """Start at the present, then queue the last `replay_s` of changes: a writer that died
+        before its push while no tailer ran may have left a value that only these fix. Runs
+        once, under the lock, before any other poll (a second positioning would drop a poll)."""
+        if not self.positioned:
             await self._feed.poll()
-            self.add(await self._feed.recent(replay_s))
+            # Already in memory, one entry per SKU: no cap (the cap bounds what an outage adds).
+            for entry in await self._feed.recent(self._replay_s):
+                self._pending[entry.sku] = entry
             self.positioned = True
 
     async def step(self) -> None:
         """One poll of the feed; push what it brought if Redis is reachable."""
         async with self._lock:
+            await self._ensure_positioned()
             self.add(await self._feed.poll())
-            if self._is_up():
-                try:
-                    await self._flush()
-                except (CacheUnavailable, CacheReplyError) as error:
-                    self._trip(error)
+            if not self._is_up():
+                return
+            try:
+                if self._overflowed:
+                    # Too many SKUs to keep: only recovery's reset of every key is safe.
+                    raise CacheUnavailable("more changed SKUs than the pending set keeps")
+                await self._flush()
+            except (CacheUnavailable, CacheReplyError) as error:
+                self._trip(error)
 
     async def catch_up(self) -> None:
         """Poll once (after Redis came back), then push everything pending; raises
         CacheUnavailable if Redis fails meanwhile. On return nothing committed before the
         poll is missing from Redis."""
         async with self._lock:
+            await self._ensure_positioned()
             self.add(await self._feed.poll())
             if self._overflowed:
                 await self._delete_every_key()
@@ -123,13 +138,11 @@ class FeedTailer:
             if int(cursor) == 0:
                 return
 
-    async def run(self, poll_ms: float, replay_s: float) -> None:
-        """Forever: position (retrying while the database is down), then poll every
-        `poll_ms`. The database being down only pauses it; the position survives."""
+    async def run(self, poll_ms: float) -> None:
+        """Forever: poll every `poll_ms` (positioning first, retrying while the database is
+        down). The database being down only pauses it; the position survives."""
         while True:
             try:
-                if not self.positioned:
-                    await self.position(replay_s)
                 await self.step()
             except StockkeeperError as error:
                 log.warning("change feed paused: %s", error)
