@@ -173,44 +173,53 @@ def bench() -> None:
     Needs the `bench` extra (aiohttp)."""
 
 
-@bench.command("oversell")
-@click.option("--attempts", default=10_000, show_default=True, type=click.IntRange(1))
-@click.option("--stock", default=100, show_default=True, type=click.IntRange(1, 1_000_000))
-@click.option("--concurrency", default=200, show_default=True, type=click.IntRange(1, 10_000))
-@click.option("--servers", default=4, show_default=True, type=click.IntRange(1, 64))
-@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
-@click.option(
-    "--database",
-    "database_url",
-    default="postgresql://postgres@127.0.0.1:5432/test",
-    show_default=True,
-    help="For the cluster this starts. A postgresql:// URL without search_path gets a fresh "
-    "schema, dropped afterwards.",
+_BENCH_OPTIONS = (
+    click.option("--servers", default=4, show_default=True, type=click.IntRange(1, 64)),
+    click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64)),
+    click.option(
+        "--database",
+        "database_url",
+        default="postgresql://postgres@127.0.0.1:5432/test",
+        show_default=True,
+        help="For the cluster this starts. A postgresql:// URL without search_path gets a "
+        "fresh schema, dropped afterwards.",
+    ),
+    click.option(
+        "--cache",
+        "cache_url",
+        default="redis-private",
+        show_default=True,
+        help="For the cluster this starts: redis-private (a redis-server of its own), "
+        "redis://… or memory://.",
+    ),
+    click.option(
+        "--url",
+        "urls",
+        multiple=True,
+        help="Target these running servers instead of starting a cluster (repeat it).",
+    ),
+    click.option("--admin-token", envvar="STOCKKEEPER_BENCH_ADMIN_TOKEN", default=None),
+    click.option("--clerk-token", envvar="STOCKKEEPER_BENCH_CLERK_TOKEN", default=None),
+    click.option(
+        "--json",
+        "json_path",
+        default=None,
+        type=click.Path(dir_okay=False),
+        help="Write the result.",
+    ),
 )
-@click.option(
-    "--cache",
-    "cache_url",
-    default="redis-private",
-    show_default=True,
-    help="For the cluster this starts: redis-private (a redis-server of its own), redis://… "
-    "or memory://.",
-)
-@click.option(
-    "--url",
-    "urls",
-    multiple=True,
-    help="Target these running servers instead of starting a cluster (repeat it).",
-)
-@click.option("--admin-token", envvar="STOCKKEEPER_BENCH_ADMIN_TOKEN", default=None)
-@click.option("--clerk-token", envvar="STOCKKEEPER_BENCH_CLERK_TOKEN", default=None)
-@click.option("--sku", default=None, help="A new SKU (default: a unique one per run).")
-@click.option(
-    "--json", "json_path", default=None, type=click.Path(dir_okay=False), help="Write the result."
-)
-def bench_oversell(
-    attempts: int,
-    stock: int,
-    concurrency: int,
+
+
+def _bench_options(command: Callable[..., None]) -> Callable[..., None]:
+    """The options every scenario shares: where its cluster is, and where its result goes."""
+    for option in reversed(_BENCH_OPTIONS):
+        command = option(command)
+    return command
+
+
+def _bench(
+    scenario: Callable[[Any], Coroutine[Any, Any, Any]],
+    *,
     servers: int,
     workers: int,
     database_url: str,
@@ -218,20 +227,16 @@ def bench_oversell(
     urls: tuple[str, ...],
     admin_token: str | None,
     clerk_token: str | None,
-    sku: str | None,
     json_path: str | None,
 ) -> None:
-    """ATTEMPTS concurrent purchases of one item against STOCK, round-robin over the servers;
-    then every server must serve 0 at version STOCK+1 and the audit log must hold exactly STOCK
-    purchases, gap-free and replaying. Exit status 1 when the verdict is WRONG."""
+    """Run `scenario(cluster)` on running servers or a local cluster; print its report, write
+    its JSON, exit 1 when its verdict is WRONG (setup faults: one line, exit 1)."""
     import json
     from contextlib import ExitStack
 
     from stockkeeper.bench.cluster import Cluster, local_cluster
-    from stockkeeper.bench.oversell import default_sku, exit_code, report, run_oversell
+    from stockkeeper.bench.oversell import exit_code
 
-    if attempts < stock:
-        raise click.BadParameter(f"fewer attempts ({attempts}) than stock ({stock})")
     if urls and not (admin_token and clerk_token):
         raise click.UsageError("--url needs --admin-token and --clerk-token")
     try:
@@ -242,23 +247,65 @@ def bench_oversell(
                 cluster = stack.enter_context(
                     local_cluster(servers, workers, database_url, cache_url, admin_token)
                 )
-            result = asyncio.run(
-                run_oversell(
-                    cluster.urls,
-                    cluster.admin_token,
-                    cluster.clerk_token,
-                    sku or default_sku(),
-                    stock,
-                    attempts,
-                    concurrency,
-                )
-            )
+            result, text = asyncio.run(scenario(cluster))
     except ImportError as error:
         raise click.ClickException(f"{error}: install the bench extra") from None
     except Exception as error:  # setup or transport faults: one line, exit 1
         raise click.ClickException((str(error).splitlines() or [repr(error)])[0]) from None
-    click.echo(report(result))
+    click.echo(text)
     if json_path is not None:
         with open(json_path, "w") as out:
             json.dump(result.to_json(), out, indent=2)
     sys.exit(exit_code(result.problems))
+
+
+@bench.command("oversell")
+@click.option("--attempts", default=10_000, show_default=True, type=click.IntRange(1))
+@click.option("--stock", default=100, show_default=True, type=click.IntRange(1, 1_000_000))
+@click.option("--concurrency", default=200, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("--sku", default=None, help="A new SKU (default: a unique one per run).")
+@_bench_options
+def bench_oversell(
+    attempts: int, stock: int, concurrency: int, sku: str | None, **where: Any
+) -> None:
+    """ATTEMPTS concurrent purchases of one item against STOCK, round-robin over the servers;
+    then every server must serve 0 at version STOCK+1 and the audit log must hold exactly STOCK
+    purchases, gap-free and replaying. Exit status 1 when the verdict is WRONG."""
+    if attempts < stock:
+        raise click.BadParameter(f"fewer attempts ({attempts}) than stock ({stock})")
+
+    async def scenario(cluster: Any) -> tuple[Any, str]:
+        from stockkeeper.bench.oversell import default_sku, report, run_oversell
+
+        result = await run_oversell(
+            cluster.urls,
+            cluster.admin_token,
+            cluster.clerk_token,
+            sku or default_sku(),
+            stock,
+            attempts,
+            concurrency,
+        )
+        return result, report(result)
+
+    _bench(scenario, **where)
+
+
+@bench.command("stampede")
+@click.option("--keys", default=20, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("--reads", default=400, show_default=True, type=click.IntRange(1, 100_000))
+@click.option("--concurrency", default=800, show_default=True, type=click.IntRange(1, 10_000))
+@_bench_options
+def bench_stampede(keys: int, reads: int, concurrency: int, **where: Any) -> None:
+    """KEYS new (cold) items each read READS times at once, spread over the servers. CORRECT if
+    every read answered the item and no server read the database more than once per key."""
+
+    async def scenario(cluster: Any) -> tuple[Any, str]:
+        from stockkeeper.bench.stampede import report, run_stampede
+
+        result = await run_stampede(
+            cluster.urls, cluster.admin_token, cluster.clerk_token, keys, reads, concurrency
+        )
+        return result, report(result)
+
+    _bench(scenario, **where)

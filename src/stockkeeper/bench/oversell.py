@@ -169,7 +169,7 @@ def report(result: Result) -> str:
     return "\n".join(lines)
 
 
-class _Progress:
+class Progress:
     """An updating "done/total" line on stderr, only when stderr is a terminal."""
 
     def __init__(self, total: int, stream: TextIO) -> None:
@@ -195,7 +195,7 @@ class _Progress:
             self._stream.flush()
 
 
-async def _call(
+async def call_json(
     session: aiohttp.ClientSession,
     method: str,
     url: str,
@@ -219,7 +219,7 @@ async def _storm(
     sku: str,
     attempts: int,
     concurrency: int,
-    progress: _Progress,
+    progress: Progress,
 ) -> Counter[str]:
     """`concurrency` callers take attempt numbers in turn; attempt n goes to server n mod K."""
     import aiohttp
@@ -231,7 +231,7 @@ async def _storm(
         for n in numbers:
             url = f"{urls[n % len(urls)]}/v1/items/{sku}/purchase"
             try:
-                status, body = await _call(session, "POST", url, clerk_token, {"quantity": 1})
+                status, body = await call_json(session, "POST", url, clerk_token, {"quantity": 1})
                 outcomes[outcome_key(status, body)] += 1
             except (OSError, TimeoutError, aiohttp.ClientError) as error:
                 outcomes[f"transport {type(error).__name__}"] += 1
@@ -249,7 +249,7 @@ async def _audit(
     after: int | None = 0
     while after is not None:
         params = {"after_version": after, "limit": AUDIT_PAGE}
-        status, body = await _call(
+        status, body = await call_json(
             session, "GET", f"{url}/v1/items/{sku}/audit", admin_token, params=params
         )
         if status != 200:
@@ -266,7 +266,7 @@ async def _served(session: aiohttp.ClientSession, url: str, token: str, sku: str
     import aiohttp
 
     try:
-        status, body = await _call(session, "GET", f"{url}/v1/items/{sku}", token)
+        status, body = await call_json(session, "GET", f"{url}/v1/items/{sku}", token)
     except (OSError, TimeoutError, aiohttp.ClientError) as error:
         return Served(url, error=f"{type(error).__name__}: {error}")
     if status != 200 or not isinstance(body, dict):
@@ -291,12 +291,12 @@ async def run_oversell(
     connector = aiohttp.TCPConnector(limit=concurrency + len(urls))
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         item_url = f"{urls[0]}/v1/items/{sku}"
-        status, body = await _call(session, "PUT", item_url, admin_token, {"on_hand": stock})
+        status, body = await call_json(session, "PUT", item_url, admin_token, {"on_hand": stock})
         if status != 201:
             raise RuntimeError(
                 f"PUT {sku} answered {status} {body}; the SKU must be new (201 created)"
             )
-        progress = _Progress(attempts, progress_stream)
+        progress = Progress(attempts, progress_stream)
         ticker = asyncio.create_task(progress.run())
         started = time.perf_counter()
         try:
