@@ -22,7 +22,8 @@ SLEEP_MS_MAX = 60_000
 
 Action = str | Callable[[], Awaitable[None]]
 
-# The points the product marks. Arming any other name is a typo, and fails loudly.
+# The points the product marks. Arming any other name is a typo, and fails loudly. A write that
+# is one statement (PostgreSQL, no idempotency key) has no inside: only before_change marks it.
 POINTS = frozenset(
     {
         "store.write.before_change",

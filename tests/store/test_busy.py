@@ -27,7 +27,8 @@ async def test_a_write_finding_every_connection_taken_is_refused_fast(database_u
         token = await inventory.create_token("shop", Role.CLERK)
         refusals = metrics.BUSY_REFUSALS._value.get()
         async with held("store.write.before_commit") as hold:
-            first = asyncio.create_task(inventory.decrement_stock("B-1", 1, user="t"))
+            held_write = inventory.decrement_stock("B-1", 1, user="t", idempotency_key="held")
+            first = asyncio.create_task(held_write)  # a transaction: it holds its connection
             await hold.reached()
             started = time.monotonic()
             with pytest.raises(Busy, match=f"busy: .* within {WAIT_MS} ms"):

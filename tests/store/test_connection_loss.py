@@ -11,9 +11,10 @@ import asyncpg
 import pytest
 
 from stockkeeper import failpoints, metrics
-from stockkeeper.domain import Unavailable
+from stockkeeper.domain import Item, Unavailable
 from stockkeeper.service import Inventory
 from stockkeeper.store import StoreOptions
+from tests.cache.holds import held
 from tests.conftest import POSTGRES_URL
 
 ROUNDS = 3
@@ -84,7 +85,7 @@ async def test_connection_dropped_mid_transaction_is_run_again_once(postgres_url
     async with dropping_inventory(postgres_url) as (inv, name):
         retries_before = connection_lost_retries()
         with failpoints.armed("store.write.before_audit", drop_once(name)):
-            receipt = await inv.decrement_stock("A-1", 1, user="test")
+            receipt = await inv.decrement_stock("A-1", 1, user="test", idempotency_key="k")
         assert (receipt.change.on_hand, receipt.change.version) == (9, 2)
         assert connection_lost_retries() - retries_before == 1
         page = await inv.audit("A-1")
@@ -106,3 +107,46 @@ async def test_connection_dropped_at_commit_is_unavailable_and_a_keyed_retry_set
         assert (first.replayed, again.replayed) == (False, True)
         assert first.changes == again.changes
         assert (await inv.get_stock("A-1")).on_hand == 9
+
+
+async def test_connection_dropped_during_a_one_statement_purchase_is_not_run_again(
+    postgres_url: str,
+) -> None:
+    """A purchase without a key is one statement, its own transaction: once it is sent, a lost
+    connection leaves its outcome unknown, so it is reported, never run again behind the
+    caller's back (which could apply it twice)."""
+    async with (
+        dropping_inventory(postgres_url) as (inv, name),
+        await Inventory.open(postgres_url) as holder,
+    ):
+        retries_before = connection_lost_retries()
+        async with held("store.write.before_commit") as hold:
+            holding = asyncio.create_task(
+                holder.decrement_stock("A-1", 1, user="test", idempotency_key="hold")
+            )
+            await hold.reached()  # holder has the row locked until it commits
+            waiting = asyncio.create_task(inv.decrement_stock("A-1", 1, user="test"))
+            await wait_for_lock_wait(name)
+            await drop_connections(name)
+            with pytest.raises(Unavailable, match="outcome unknown"):
+                await waiting
+            hold.release()
+            await holding
+        assert connection_lost_retries() == retries_before
+        assert await holder.get_stock("A-1") == Item("A-1", 9, 2)
+
+
+async def wait_for_lock_wait(application_name: str) -> None:
+    conn = await asyncpg.connect(POSTGRES_URL)
+    try:
+        for _ in range(250):
+            if await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE application_name = $1 AND wait_event_type = 'Lock'",
+                application_name,
+            ):
+                return
+            await asyncio.sleep(0.02)
+        pytest.fail("the purchase never waited for the row lock")
+    finally:
+        await conn.close()

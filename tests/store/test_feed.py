@@ -53,9 +53,11 @@ async def test_a_late_commit_below_a_seen_id_is_not_lost(postgres_url: str) -> N
         await feed.poll()
         _, naive_last = await naive_tail(postgres_url, 0)
         async with held("store.write.before_commit") as hold:
-            late = asyncio.create_task(inventory.decrement_stock("L-1", 1, user="t"))
+            late = asyncio.create_task(
+                inventory.decrement_stock("L-1", 1, user="t", idempotency_key="late")
+            )
             await hold.reached()
-            await inventory.decrement_stock("L-2", 1, user="t")
+            await inventory.decrement_stock("L-2", 1, user="t", idempotency_key="early")
             assert versions(await feed.poll()) == [("L-2", 2)]
             naive_first, naive_last = await naive_tail(postgres_url, naive_last)
             assert naive_first == [("L-2", 2)]

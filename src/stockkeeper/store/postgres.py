@@ -15,13 +15,17 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from stockkeeper import metrics
+from stockkeeper import failpoints, metrics
 from stockkeeper.domain import (
+    ON_HAND_MAX,
     AuditPage,
     Busy,
+    Change,
     FeedEntry,
     Item,
+    LineChange,
     Principal,
+    Reason,
     Receipt,
     TokenInfo,
     Unavailable,
@@ -39,7 +43,7 @@ from stockkeeper.store.token_sql import (
     row_principal,
     token_info,
 )
-from stockkeeper.store.writes import apply_write
+from stockkeeper.store.writes import apply_write, refuse
 
 T = TypeVar("T")
 
@@ -247,6 +251,53 @@ class _PgFeed:
         return [FeedEntry(r["sku"], r["version"], r["on_hand"], r["at_s"]) for r in rows]
 
 
+# A purchase or restock without an idempotency key, in one statement and one round trip: the
+# conditional change and its audit entry commit together (a statement is its own transaction),
+# and a refusal changes nothing, so it needs no transaction at all. `seen` is on_hand in the
+# statement's snapshot, for the refusal's message.
+_ADJUST = """
+    WITH changed AS (
+        UPDATE items SET on_hand = on_hand + $2, version = version + 1
+        WHERE sku = $1 AND on_hand + $2 >= 0 AND on_hand + $2 <= $3
+        RETURNING sku, on_hand, version
+    ), audited AS (
+        INSERT INTO audit (sku, version, delta, on_hand, user_name, on_behalf_of, reason, at)
+        SELECT sku, version, $2, on_hand, $4, $5, $6, clock_timestamp() FROM changed
+        RETURNING id
+    )
+    SELECT c.on_hand, c.version, a.id AS audit_id, i.on_hand AS seen
+    FROM (SELECT 1) AS one
+    LEFT JOIN changed AS c ON true
+    LEFT JOIN audited AS a ON true
+    LEFT JOIN items AS i ON i.sku = $1
+"""
+
+
+async def _adjust_in_one_statement(
+    conn: asyncpg.Connection, write: Write, line: LineChange
+) -> Receipt:
+    row = await conn.fetchrow(
+        _ADJUST,
+        line.sku,
+        line.delta,
+        ON_HAND_MAX,
+        write.user,
+        write.on_behalf_of,
+        write.reason.value,
+    )
+    assert row is not None, "the statement returns exactly one row"
+    if row["version"] is not None:
+        return Receipt(
+            (Change(line.sku, line.delta, row["on_hand"], row["version"], row["audit_id"]),)
+        )
+    available = row["seen"]
+    if available is not None and line.delta < 0 and available >= -line.delta:
+        # Enough in our snapshot, yet refused: a concurrent change won the row first, and the
+        # UPDATE re-checked its newer version. Say what is there now.
+        available = await conn.fetchval("SELECT on_hand FROM items WHERE sku = $1", line.sku)
+    refuse(line, available, is_order=False)
+
+
 class PostgresStore:
     def __init__(self, pool: asyncpg.Pool, options: StoreOptions) -> None:
         self._pool = pool
@@ -276,14 +327,21 @@ class PostgresStore:
             raise Unavailable(f"database refused the connection: {error}") from error
         return cls(pool, options)
 
-    async def _run(self, op: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
-        """Run `op` on a pooled connection; again, on a fresh one, if the connection breaks."""
+    async def _run(
+        self, op: Callable[[asyncpg.Connection], Awaitable[T]], *, commits: bool = False
+    ) -> T:
+        """Run `op` on a pooled connection; again, on a fresh one, if the connection breaks,
+        unless `op` is a statement that commits by itself: then the outcome is unknown."""
 
         async def attempt() -> T:
             conn = await self._acquire()
             try:
                 return await op(conn)
             except _UNREACHABLE as error:
+                if commits:
+                    raise Unavailable(
+                        f"connection lost during the write, outcome unknown: {error}"
+                    ) from error
                 raise _ConnectionLost(str(error)) from error
             except asyncpg.exceptions.LockNotAvailableError as error:
                 # Not retried: a row held this long means overload; waiting more adds to it.
@@ -367,6 +425,12 @@ class PostgresStore:
         return None  # another server's commit is invisible to this process without a query
 
     async def write(self, write: Write) -> Receipt:
+        if write.idempotency_key is None and write.reason in (Reason.PURCHASE, Reason.RESTOCK):
+            (line,) = write.lines
+            await failpoints.hit("store.write.before_change")
+            return await self._run(
+                lambda conn: _adjust_in_one_statement(conn, write, line), commits=True
+            )
         return await self._in_tx(lambda conn: apply_write(_PgTx(_PgStatements(conn)), write))
 
     async def audit_page(self, sku: str, after_version: int, limit: int) -> AuditPage:

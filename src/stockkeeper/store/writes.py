@@ -9,6 +9,8 @@ the same transaction as the stock, or nothing does.
 
 from __future__ import annotations
 
+from typing import NoReturn
+
 import orjson
 
 from stockkeeper import failpoints
@@ -20,6 +22,7 @@ from stockkeeper.domain import (
     InsufficientStock,
     InvalidRequest,
     Item,
+    LineChange,
     Reason,
     Receipt,
     Shortage,
@@ -56,6 +59,15 @@ async def apply_write(tx: SqlTx, write: Write) -> Receipt:
     return Receipt(changes)
 
 
+def refuse(line: LineChange, available: int | None, *, is_order: bool) -> NoReturn:
+    """Why a one-line change that did not apply was refused, given on_hand (None: no item)."""
+    if available is None:
+        raise UnknownSku(line.sku)
+    if line.delta > 0:
+        raise InvalidRequest([FieldError("quantity", f"would raise on_hand above {ON_HAND_MAX}")])
+    raise InsufficientStock([Shortage(line.sku, -line.delta, available)], is_order=is_order)
+
+
 async def _change_stock(tx: SqlTx, write: Write) -> list[tuple[Item, int]]:
     """Apply every line; returns (item after, delta) per line in request order."""
     if write.reason is Reason.SET:
@@ -74,14 +86,7 @@ async def _change_stock(tx: SqlTx, write: Write) -> list[tuple[Item, int]]:
         else:
             item = await tx.take(line.sku, -line.delta)
         if item is None:
-            available = await tx.on_hand(line.sku)
-            if available is None:
-                raise UnknownSku(line.sku)
-            if line.delta > 0:
-                raise InvalidRequest(
-                    [FieldError("quantity", f"would raise on_hand above {ON_HAND_MAX}")]
-                )
-            raise InsufficientStock([Shortage(line.sku, -line.delta, available)], is_order=is_order)
+            refuse(line, await tx.on_hand(line.sku), is_order=is_order)
         return [(item, line.delta)]
 
     assert all(line.delta < 0 for line in write.lines), "multi-line writes are orders"
