@@ -1,7 +1,7 @@
 """Mixed read/write load: the coherent Redis cache against no cache, same machine, same run.
 
-For each system, K `stockkeeper serve` processes (`--workers 1` each) share one fresh PostgreSQL
-schema:
+For each system, K `stockkeeper serve` processes (`--workers W` each, default 1) share one fresh
+PostgreSQL schema:
 
 - `nocache`: `--cache memory://`, which on PostgreSQL caches nothing: every read reads the database;
 - `coherent`: `--cache redis://127.0.0.1:<port>/0` on a private `redis-server` this script starts.
@@ -27,9 +27,9 @@ a server reconnects after it gave up on a late reply) and counts degraded-mode e
 unreachable") in the servers' logs. CPU time per process group over the window comes from /proc.
 
 Usage:
-    .venv/bin/python bench/mixed_cache.py [--servers K] [--seconds D] [--connections C]
-        [--skus S] [--read-share 0.95] [--zipf 1.0] [--systems nocache,coherent]
-        [--warmup W] [--json PATH] [--keep-logs]
+    .venv/bin/python bench/mixed_cache.py [--servers K] [--workers W] [--seconds D]
+        [--connections C] [--skus S] [--read-share 0.95] [--zipf 1.0]
+        [--systems nocache,coherent] [--warmup SECONDS] [--json PATH] [--keep-logs]
 
 Needs: wrk (Debian package `wrk`: `apt-get install -y wrk`), redis-server, PostgreSQL at
 127.0.0.1:5432 (or STOCKKEEPER_TEST_POSTGRES_URL / --postgres), and the venv with aiohttp
@@ -350,10 +350,10 @@ def read_log(path: Path) -> str:
 
 
 def spawn_server(
-    logs: Path, n: int, port: int, database_url: str, cache_url: str
+    logs: Path, n: int, port: int, database_url: str, cache_url: str, workers: int
 ) -> subprocess.Popen[bytes]:
     out, err = logs / f"server-{n}.out", logs / f"server-{n}.log"
-    command = [STOCKKEEPER, "serve", "--port", str(port), "--workers", "1"]
+    command = [STOCKKEEPER, "serve", "--port", str(port), "--workers", str(workers)]
     return subprocess.Popen(
         [*command, "--database", database_url, "--cache", cache_url],
         stdout=out.open("wb"),
@@ -384,7 +384,12 @@ async def wait_ready(
 
 @contextlib.asynccontextmanager
 async def running_servers(
-    session: aiohttp.ClientSession, logs: Path, database_url: str, cache_url: str, servers: int
+    session: aiohttp.ClientSession,
+    logs: Path,
+    database_url: str,
+    cache_url: str,
+    servers: int,
+    workers: int,
 ) -> AsyncIterator[Cluster]:
     processes: list[subprocess.Popen[bytes]] = []
     try:
@@ -392,7 +397,7 @@ async def running_servers(
         for n in range(servers):
             port = free_port()
             out, err = logs / f"server-{n}.out", logs / f"server-{n}.log"
-            process = spawn_server(logs, n, port, database_url, cache_url)
+            process = spawn_server(logs, n, port, database_url, cache_url, workers)
             processes.append(process)
             url = f"http://127.0.0.1:{port}"
             await wait_ready(session, url, process, err)
@@ -728,7 +733,9 @@ async def run_system(
         stack.push_async_callback(read_audit_stats)
         log(f"{name}: starting {args.servers} servers (--cache {cache_url})")
         cluster = await stack.enter_async_context(
-            running_servers(session, system_logs, database_url, cache_url, args.servers)
+            running_servers(
+                session, system_logs, database_url, cache_url, args.servers, args.workers
+            )
         )
         log(f"{name}: seeding {args.skus} SKUs")
         await seed(session, cluster, args.skus)
@@ -1059,6 +1066,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--servers", type=int, default=2, help="serve processes (K)")
+    parser.add_argument("--workers", type=int, default=1, help="processes per serve (W)")
     parser.add_argument("--seconds", type=float, default=10.0, help="measured load (D)")
     parser.add_argument("--connections", type=int, default=16, help="per server (C)")
     parser.add_argument("--skus", type=int, default=1000, help="seeded SKUs (S)")
@@ -1117,7 +1125,7 @@ async def main(args: argparse.Namespace) -> int:
         f"Python {host['python']}, {host['wrk']}, {host['redis']}"
     )
     print(
-        f"K={args.servers} servers x --workers 1, S={args.skus} SKUs, "
+        f"K={args.servers} servers x --workers {args.workers}, S={args.skus} SKUs, "
         f"{args.read_share:.0%} GET / {1 - args.read_share:.0%} purchase, Zipf s={args.zipf:g}, "
         f"C={args.connections} connections per server, D={args.seconds:g} s measured after "
         f"{args.warmup:g} s warm-up; wrk, PostgreSQL, Redis and the servers share this machine."
