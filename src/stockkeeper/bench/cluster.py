@@ -18,9 +18,9 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 STOCKKEEPER = shutil.which("stockkeeper", path=str(Path(sys.executable).parent)) or "stockkeeper"
@@ -36,11 +36,18 @@ POLL_S = 0.1
 
 @dataclass(frozen=True)
 class Cluster:
-    """What a scenario needs to drive a cluster: its URLs and two tokens."""
+    """What a scenario needs to drive a cluster: its URLs and two tokens (and, for a cluster
+    started here, its processes)."""
 
     urls: list[str]
     admin_token: str
     clerk_token: str
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list, compare=False)
+
+    def kill(self, n: int) -> None:
+        """SIGKILL server `n` and its workers: no shutdown, no last words."""
+        _signal(self.processes[n], signal.SIGKILL, group=True)
+        self.processes[n].wait(timeout=STOP_S_MAX)
 
 
 def free_port() -> int:
@@ -178,10 +185,13 @@ def running_servers(
     workers: int = 1,
     log_dir: Path | None = None,
     admin_token: str | None = None,
+    env: Mapping[int, Mapping[str, str]] | None = None,
+    clerk_name: str | None = None,
 ) -> Iterator[Cluster]:
     """Start `servers` serve commands of `workers` processes each, one after another (the first
     start against an empty database prints the admin token; pass `admin_token` for a database
-    that has one already), and stop them all on exit."""
+    that has one already), and stop them all on exit. `env` adds environment variables to the
+    servers it names by index (failpoints, say)."""
     processes: list[subprocess.Popen[bytes]] = []
     with ExitStack() as stack:
         if log_dir is None:
@@ -197,6 +207,7 @@ def running_servers(
                         [*command, "--database", database_url, "--cache", cache_url],
                         stdout=stdout,
                         stderr=stderr,
+                        env={**os.environ, **(env or {}).get(n, {})},
                         start_new_session=True,  # its own process group, so stop reaches workers
                     )
                 processes.append(process)
@@ -204,13 +215,17 @@ def running_servers(
                 _wait_ready(url, process, log)
                 urls.append(url)
                 printed += TOKEN.findall(out.read_text(errors="replace"))
+            if len(printed) > 1:
+                raise RuntimeError(
+                    f"{len(printed)} servers printed an admin token; only the first may"
+                )
             admin = admin_token or (printed[0] if printed else None)
             if admin is None:
                 raise RuntimeError(
                     "the database has an admin token already (none was printed): pass it"
                 )
-            clerk = create_token(database_url, f"bench-{uuid.uuid4().hex[:8]}", "clerk")
-            yield Cluster(urls, admin, clerk)
+            name = clerk_name or f"bench-{uuid.uuid4().hex[:8]}"
+            yield Cluster(urls, admin, create_token(database_url, name, "clerk"), processes)
         finally:
             for process in processes:
                 _stop(process, group=True)
