@@ -19,7 +19,7 @@ from typing import Any
 
 from stockkeeper import failpoints, metrics
 from stockkeeper.cache import scripts
-from stockkeeper.cache.base import read_database
+from stockkeeper.cache.base import DirectReads, read_database
 from stockkeeper.cache.resp import CacheReplyError, CacheUnavailable, RespClient
 from stockkeeper.cache.scripts import FillReply, ReadReply
 from stockkeeper.cache.tailer import FeedTailer
@@ -68,6 +68,7 @@ class RedisCache:
     ) -> None:
         self._client = client
         self._store = store
+        self._database = DirectReads(store)  # what degraded mode serves
         self.options = options or RedisCacheOptions()
         self._ttl_ms = int(self.options.ttl_s * 1000)
         self._read_args = (self.options.lease_ms, self.options.registration_ttl_ms)
@@ -149,16 +150,11 @@ class RedisCache:
             self._up = True
             log.warning("cache reachable again: every change made meanwhile is pushed")
 
-    async def _direct(self, sku: str) -> ItemRead | None:
-        item = await read_database(self._store, sku)
-        metrics.CACHE_MISSES.inc()
-        return None if item is None else ItemRead(item, cache_hit=False)
-
     # --- reads ------------------------------------------------------------------------------
 
     async def read(self, sku: str, min_version: int | None = None) -> ItemRead | None:
         if not self._up:
-            return await self._direct(sku)
+            return await self._database.read(sku)
         if min_version is None:
             load = self._loads.get(sku)
             if load is not None and load.joinable:
@@ -167,18 +163,18 @@ class RedisCache:
             reply = await self._read_script(sku)
         except CACHE_ERRORS as error:
             self._trip(error)
-            return await self._direct(sku)
+            return await self._database.read(sku)
         return await self._resolve(sku, reply, min_version)
 
     async def read_many(self, skus: Sequence[str]) -> list[ItemRead | None]:
         """One round trip for the whole batch when every SKU is cached (pipelined)."""
         if not self._up:
-            return [await self._direct(sku) for sku in skus]
+            return await self._database.read_many(skus)
         try:
             replies = await asyncio.gather(*(self._read_script(sku) for sku in skus))
         except CACHE_ERRORS as error:
             self._trip(error)
-            return [await self._direct(sku) for sku in skus]
+            return await self._database.read_many(skus)
         return list(
             await asyncio.gather(
                 *(self._resolve(sku, reply, None) for sku, reply in zip(skus, replies, strict=True))
@@ -206,7 +202,7 @@ class RedisCache:
                 return self._answer(*await self._read_through(sku))
             except CACHE_ERRORS as error:
                 self._trip(error)
-                return await self._direct(sku)
+                return await self._database.read(sku)
         load = self._loads.get(sku)
         if load is None or not load.joinable:
             load = self._start_load(sku, ReadReply(reply[0]), reply[1])
@@ -340,5 +336,6 @@ class RedisCache:
 
 
 def _entries(changes: Sequence[Change]) -> list[FeedEntry]:
-    now_s = time.time()
-    return [FeedEntry(c.sku, c.version, c.on_hand, now_s) for c in changes]
+    # A receipt has no audit time: NaN, so no lag is observed from it (the feed's own entry
+    # for the same version, which has one, replaces it in the pending set).
+    return [FeedEntry(c.sku, c.version, c.on_hand, math.nan) for c in changes]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Callable, Iterable
 
 from stockkeeper import metrics
@@ -57,7 +58,7 @@ class FeedTailer:
         """Remember states to push (the newest per SKU)."""
         for entry in entries:
             known = self._pending.get(entry.sku)
-            if known is not None and known.version >= entry.version:
+            if known is not None and known.version > entry.version:
                 continue
             if known is None and len(self._pending) >= self._pending_skus_max:
                 self._overflowed = True
@@ -155,6 +156,8 @@ class FeedTailer:
 
 def _observe_lag(entry: FeedEntry, reply: list[int | bytes]) -> None:
     """Lag of a change = when Redis first held a value at its version minus its audit time."""
+    if math.isnan(entry.at_s):  # queued from a receipt, which carries no audit time
+        return
     kind = reply[0]
     if kind == PushReply.INSTALLED:
         installed_us = int(reply[1])

@@ -202,12 +202,13 @@ class App:
         return json_response(200, read.item.to_json(), headers)
 
     async def get_items(self, request: Request) -> Response:
-        names = {name for name, _ in request.query_pairs()}
+        pairs = request.query_pairs()
+        names = {name for name, _ in pairs}
         if names - {"sku"}:
             raise InvalidRequest(
                 [FieldError(name, "unknown parameter") for name in sorted(names - {"sku"})]
             )
-        skus = [value for _, value in request.query_pairs()]
+        skus = [value for _, value in pairs]
         found, unknown = await self.inventory.read_many(skus)
         hit = not unknown and all(read.cache_hit for read in found)
         body = {"items": [read.item.to_json() for read in found], "unknown": unknown}
