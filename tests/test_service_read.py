@@ -6,27 +6,21 @@ import asyncio
 
 import pytest
 
-from stockkeeper import failpoints
 from stockkeeper.domain import InvalidRequest, Item
 from stockkeeper.service import Inventory
+from tests.holds import held
 
 
 async def test_a_read_held_after_its_fetch_answers_what_it_fetched(inventory: Inventory) -> None:
     """Held at the failpoint, a read returns the version it fetched even though a newer write
     commits meanwhile: exactly the stale fill the coherent cache must not keep."""
     await inventory.set_stock("R-1", 5, user="t")
-    fetched, release = asyncio.Event(), asyncio.Event()
-
-    async def hold() -> None:
-        fetched.set()
-        await release.wait()
-
-    with failpoints.armed("service.read.after_fetch", hold):
+    async with held("service.read.after_fetch") as hold:
         read = asyncio.create_task(inventory.read("R-1"))
-        await asyncio.wait_for(fetched.wait(), 5)
-    await inventory.decrement_stock("R-1", 1, user="t")
-    release.set()
-    assert (await read).item == Item("R-1", 5, 1)
+        await hold.reached()
+        await inventory.decrement_stock("R-1", 1, user="t")
+        hold.release()
+        assert (await read).item == Item("R-1", 5, 1)
     assert await inventory.get_stock("R-1") == Item("R-1", 4, 2)
 
 

@@ -63,3 +63,8 @@ class NaiveCacheAside:
 
     async def close(self) -> None:
         await self._client.close()
+
+
+def expect(kind: str, holds: bool) -> None:
+    """The coherent cache must hold; every naive design must break the same scenario."""
+    assert holds == (kind == "coherent"), f"{kind}: guarantee {'held' if holds else 'broken'}"

@@ -19,7 +19,8 @@ from stockkeeper.cache.memory import ProvenMemoryCache
 from stockkeeper.domain import Change, Item, ItemRead
 from stockkeeper.service import Inventory
 from stockkeeper.store import Store, open_store
-from tests.cache.holds import held
+from tests.cache.naive import expect
+from tests.holds import held
 
 
 class NaiveProcessCache:
@@ -71,10 +72,6 @@ async def workers(
     yield opened
     for inventory in opened:
         await inventory.close()
-
-
-def expect(kind: str, holds: bool) -> None:
-    assert holds == (kind == "coherent"), f"{kind}: guarantee {'held' if holds else 'broken'}"
 
 
 @pytest.mark.parametrize("workers", ["coherent", "naive"], indirect=True)

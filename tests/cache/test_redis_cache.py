@@ -20,7 +20,8 @@ from stockkeeper.cache.resp import CacheUnavailable, RespClient
 from stockkeeper.domain import Change, InvalidRequest, Item, Unavailable
 from stockkeeper.failpoints import FailpointError
 from tests.cache.conftest import OpenServer, Server
-from tests.cache.holds import held
+from tests.cache.naive import expect
+from tests.holds import held
 
 NO_FEED = {"feed_poll_ms": 60_000.0}  # the tailer stays out of the way of a scenario
 
@@ -33,11 +34,6 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float) -> 
             return False
         await asyncio.sleep(0.002)
     return True
-
-
-def expect(kind: str, holds: bool) -> None:
-    """The coherent cache must hold; every naive design must break the same scenario."""
-    assert holds == (kind == "coherent"), f"{kind}: guarantee {'held' if holds else 'broken'}"
 
 
 async def buy(server: Server, sku: str) -> Change:

@@ -15,7 +15,7 @@ from stockkeeper.domain import Busy, Item, Role
 from stockkeeper.http.app import App
 from stockkeeper.service import Inventory
 from stockkeeper.store import StoreOptions
-from tests.cache.holds import held
+from tests.holds import held
 
 WAIT_MS = 100
 

@@ -14,8 +14,8 @@ from stockkeeper import failpoints, metrics
 from stockkeeper.domain import Item, Unavailable
 from stockkeeper.service import Inventory
 from stockkeeper.store import StoreOptions
-from tests.cache.holds import held
 from tests.conftest import POSTGRES_URL
+from tests.holds import held
 
 ROUNDS = 3
 

@@ -9,7 +9,7 @@ import asyncpg
 
 from stockkeeper.domain import FeedEntry
 from stockkeeper.service import Inventory
-from tests.cache.holds import held
+from tests.holds import held
 
 
 def versions(entries: list[FeedEntry]) -> list[tuple[str, int]]:

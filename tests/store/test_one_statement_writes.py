@@ -10,7 +10,7 @@ import pytest
 
 from stockkeeper.domain import InsufficientStock, Item, Shortage
 from stockkeeper.service import Inventory
-from tests.cache.holds import held
+from tests.holds import held
 from tests.store.test_connection_loss import wait_for_lock_wait
 
 
