@@ -30,6 +30,29 @@ database_option = click.option(
     help="postgresql://… or sqlite:///path (also STOCKKEEPER_DATABASE_URL).",
 )
 
+_SERVE_OPTIONS = (
+    click.option("--host", default="127.0.0.1", show_default=True),
+    click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535)),
+    click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64)),
+    database_option,
+    click.option(
+        "--cache",
+        "cache_url",
+        envvar="STOCKKEEPER_CACHE_URL",
+        default=DEFAULT_CACHE_URL,
+        show_default=True,
+        help="memory:// (in-process) or redis://host:port/db (also STOCKKEEPER_CACHE_URL).",
+    ),
+)
+
+
+def serve_options(command: Callable[..., None]) -> Callable[..., None]:
+    """`serve`'s options (host, port, workers, database, cache), for every command that starts
+    a server through `serve_app`: the bench launcher appends them to each alike."""
+    for option in reversed(_SERVE_OPTIONS):
+        command = option(command)
+    return command
+
 
 def _run(op: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """Run one async step; a database or cache fault becomes a one-line error and exit 1."""
@@ -48,20 +71,19 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
-@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
-@database_option
-@click.option(
-    "--cache",
-    "cache_url",
-    envvar="STOCKKEEPER_CACHE_URL",
-    default=DEFAULT_CACHE_URL,
-    show_default=True,
-    help="memory:// (in-process) or redis://host:port/db (also STOCKKEEPER_CACHE_URL).",
-)
+@serve_options
 def serve(host: str, port: int, workers: int, database_url: str, cache_url: str) -> None:
     """Serve the HTTP API. Creates or upgrades the schema first."""
+    serve_app("stockkeeper.http.app:create_app", host, port, workers, database_url, cache_url)
+
+
+def serve_app(
+    app_factory: str, host: str, port: int, workers: int, database_url: str, cache_url: str
+) -> None:
+    """What `serve` does, for any app factory ("module:function", called in each worker): check
+    the address, prepare the database and cache (printing the first admin token), then run
+    granian. The benchmark's baseline servers (stockkeeper.bench.baselines) start through here
+    too, so they differ from the real server only in the app."""
 
     async def prepare() -> str | None:
         await ping_cache(cache_url)
@@ -89,7 +111,7 @@ def serve(host: str, port: int, workers: int, database_url: str, cache_url: str)
     multiprocessing.set_start_method("spawn", force=True)
 
     server = Granian(
-        "stockkeeper.http.app:create_app",
+        app_factory,
         factory=True,
         address=host,
         port=port,

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from stockkeeper.bench.baselines import NaiveCacheAside
 from stockkeeper.cache.base import ReadCache
 from stockkeeper.cache.redis import RedisCache, RedisCacheOptions
 from stockkeeper.cache.resp import RespClient
@@ -19,7 +20,6 @@ from stockkeeper.cache.scripts import Keys
 from stockkeeper.domain import Item
 from stockkeeper.service import Inventory
 from stockkeeper.store import Store, open_store
-from tests.cache.naive import NaiveCacheAside
 
 REDIS_URL = os.environ.get("STOCKKEEPER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
@@ -58,7 +58,8 @@ async def redis() -> AsyncIterator[RespClient]:
 @pytest.fixture
 async def open_server(database_url: str) -> AsyncIterator[OpenServer]:
     """open_server(kind, **RedisCacheOptions fields) → a started Server; kind is "coherent",
-    or "naive" / "naive-set" (tests/cache/naive.py, delete-on-write / unversioned SET)."""
+    or "naive" / "naive-set" (stockkeeper.bench.baselines.NaiveCacheAside, delete-on-write /
+    unversioned SET)."""
     async with AsyncExitStack() as stack:
 
         async def open_one(kind: str = "coherent", **options: Any) -> Server:

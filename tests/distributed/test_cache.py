@@ -19,9 +19,9 @@ import asyncpg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from stockkeeper.verify.history import Op, check
 from tests.distributed.checks import put_stock
 from tests.distributed.cluster import Cluster, fresh_schema, running_servers
-from tests.distributed.history import Op, check
 from tests.distributed.redis_server import RedisServer
 from tests.distributed.storm import Client
 
@@ -204,7 +204,8 @@ async def run_and_check(
     reads = [op for op in answered if op.kind == "read"]
     print(f"\nhistory: {len(ops)} operations, {len(answered)} answered, {len(reads)} reads")
     assert len(reads) > 1000
-    assert check(ops, audit) == []
+    verdict = check(ops, audit)
+    assert verdict.ok, verdict
 
 
 async def test_g1_g2_history_with_a_server_killed_mid_run(fresh_cluster: Cluster) -> None:

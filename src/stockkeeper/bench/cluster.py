@@ -1,6 +1,7 @@
-"""A local cluster for the benchmarks: K real `stockkeeper serve` processes on one database and
-one cache, optionally in a fresh PostgreSQL schema and on a private redis-server, all stopped and
-removed on exit (also on error or Ctrl-C), so a bench run leaves nothing behind."""
+"""A local cluster for the benchmarks: K real `stockkeeper serve` processes (or baseline
+servers, see `baseline_command`) on one database and one cache, optionally in a fresh PostgreSQL
+schema and on a private redis-server, all stopped and removed on exit (also on error or Ctrl-C),
+so a bench run leaves nothing behind."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +49,12 @@ class Cluster:
         """SIGKILL server `n` and its workers: no shutdown, no last words."""
         _signal(self.processes[n], signal.SIGKILL, group=True)
         self.processes[n].wait(timeout=STOP_S_MAX)
+
+
+def baseline_command(kind: str) -> list[str]:
+    """The argv prefix that starts baseline server `kind` ("naive" or "hello", see
+    stockkeeper.bench.baselines) in place of `stockkeeper serve`, taking the same options."""
+    return [sys.executable, "-m", "stockkeeper.bench.baselines", kind]
 
 
 def free_port() -> int:
@@ -187,11 +194,14 @@ def running_servers(
     admin_token: str | None = None,
     env: Mapping[int, Mapping[str, str]] | None = None,
     clerk_name: str | None = None,
+    *,
+    command: Sequence[str] = (STOCKKEEPER, "serve"),
 ) -> Iterator[Cluster]:
     """Start `servers` serve commands of `workers` processes each, one after another (the first
     start against an empty database prints the admin token; pass `admin_token` for a database
     that has one already), and stop them all on exit. `env` adds environment variables to the
-    servers it names by index (failpoints, say)."""
+    servers it names by index (failpoints, say). `command` is the argv prefix each server runs,
+    with `--port --workers --database --cache` appended (`baseline_command` for a baseline)."""
     processes: list[subprocess.Popen[bytes]] = []
     with ExitStack() as stack:
         if log_dir is None:
@@ -201,10 +211,10 @@ def running_servers(
             for n in range(servers):
                 port = free_port()
                 out, log = log_dir / f"server-{n}.out", log_dir / f"server-{n}.log"
-                command = [STOCKKEEPER, "serve", "--port", str(port), "--workers", str(workers)]
+                where = ["--port", str(port), "--workers", str(workers)]
                 with out.open("wb") as stdout, log.open("wb") as stderr:
                     process = subprocess.Popen(
-                        [*command, "--database", database_url, "--cache", cache_url],
+                        [*command, *where, "--database", database_url, "--cache", cache_url],
                         stdout=stdout,
                         stderr=stderr,
                         env={**os.environ, **(env or {}).get(n, {})},
@@ -238,9 +248,12 @@ def local_cluster(
     database_url: str = LOCAL_POSTGRES_URL,
     cache_url: str = PRIVATE_REDIS,
     admin_token: str | None = None,
+    *,
+    command: Sequence[str] = (STOCKKEEPER, "serve"),
 ) -> Iterator[Cluster]:
     """Servers on `database_url` (a PostgreSQL URL without a schema gets a fresh one, dropped
-    afterwards) and `cache_url` (PRIVATE_REDIS starts a redis-server of our own)."""
+    afterwards) and `cache_url` (PRIVATE_REDIS starts a redis-server of our own), each started
+    by `command` (see running_servers)."""
     with ExitStack() as stack:
         if database_url.startswith(("postgresql://", "postgres://")) and not has_schema(
             database_url
@@ -249,5 +262,7 @@ def local_cluster(
         if cache_url == PRIVATE_REDIS:
             cache_url = stack.enter_context(private_redis())
         yield stack.enter_context(
-            running_servers(database_url, cache_url, servers, workers, admin_token=admin_token)
+            running_servers(
+                database_url, cache_url, servers, workers, admin_token=admin_token, command=command
+            )
         )

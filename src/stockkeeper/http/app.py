@@ -13,6 +13,7 @@ import os
 import random
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from stockkeeper import failpoints, metrics
@@ -316,28 +317,50 @@ def _problem(error: StockkeeperError) -> Response:
     return Response(status, body, content_type=PROBLEM_CONTENT_TYPE, headers=headers)
 
 
-def create_app() -> App:
-    """The app `stockkeeper serve` runs in each worker: configured by the environment."""
-    # Each worker's own stderr lines, with time and level: a trip to degraded mode needs both.
+@dataclass(frozen=True)
+class Settings:
+    """What a worker is configured with: `serve` passes it through the environment."""
+
+    database_url: str
+    store_options: StoreOptions
+    cache_url: str
+    redis_options: RedisCacheOptions
+
+
+def settings_from_environment() -> Settings:
+    """The settings `create_app` (and the benchmark's baseline apps) read from the environment."""
+    return Settings(
+        database_url=os.environ.get("STOCKKEEPER_DATABASE_URL", DEFAULT_DATABASE_URL),
+        store_options=StoreOptions(
+            pool_size=int(os.environ.get("STOCKKEEPER_POOL_SIZE", "10")),
+            lock_wait_ms_max=int(os.environ.get("STOCKKEEPER_LOCK_WAIT_MS_MAX", "5000")),
+            pool_wait_ms_max=int(os.environ.get("STOCKKEEPER_POOL_WAIT_MS_MAX", "3000")),
+        ),
+        cache_url=os.environ.get("STOCKKEEPER_CACHE_URL", DEFAULT_CACHE_URL),
+        redis_options=RedisCacheOptions(
+            timeout_ms=float(os.environ.get("STOCKKEEPER_CACHE_TIMEOUT_MS", "100"))
+        ),
+    )
+
+
+def configure_worker_logging() -> None:
+    """Each worker's own stderr lines, with time and level: a trip to degraded mode needs both."""
     logging.basicConfig(
         level=logging.WARNING, format="%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s"
     )
-    database_url = os.environ.get("STOCKKEEPER_DATABASE_URL", DEFAULT_DATABASE_URL)
-    options = StoreOptions(
-        pool_size=int(os.environ.get("STOCKKEEPER_POOL_SIZE", "10")),
-        lock_wait_ms_max=int(os.environ.get("STOCKKEEPER_LOCK_WAIT_MS_MAX", "5000")),
-        pool_wait_ms_max=int(os.environ.get("STOCKKEEPER_POOL_WAIT_MS_MAX", "3000")),
-    )
 
-    cache_url = os.environ.get("STOCKKEEPER_CACHE_URL", DEFAULT_CACHE_URL)
 
-    redis_options = RedisCacheOptions(
-        timeout_ms=float(os.environ.get("STOCKKEEPER_CACHE_TIMEOUT_MS", "100"))
-    )
+def create_app() -> App:
+    """The app `stockkeeper serve` runs in each worker: configured by the environment."""
+    configure_worker_logging()
+    settings = settings_from_environment()
 
     async def open_inventory() -> Inventory:
         return await Inventory.open(
-            database_url, options, cache_url=cache_url, redis_options=redis_options
+            settings.database_url,
+            settings.store_options,
+            cache_url=settings.cache_url,
+            redis_options=settings.redis_options,
         )
 
     return App(open_inventory)
