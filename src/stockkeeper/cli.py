@@ -331,3 +331,120 @@ def bench_stampede(keys: int, reads: int, concurrency: int, **where: Any) -> Non
         return result, report(result)
 
     _bench(scenario, **where)
+
+
+@bench.command("mixed")
+@click.option(
+    "--rate",
+    default=10_000.0,
+    show_default=True,
+    type=click.FloatRange(1, 1e6),
+    help="Requests per second offered, open loop.",
+)
+@click.option(
+    "--seconds",
+    default=20.0,
+    show_default=True,
+    type=click.FloatRange(0.5, 3600),
+    help="The measured window.",
+)
+@click.option("--warmup", default=5.0, show_default=True, type=click.FloatRange(0, 600))
+@click.option(
+    "--connections",
+    default=64,
+    show_default=True,
+    type=click.IntRange(1, 1024),
+    help="One wrk thread each; spread over the servers.",
+)
+@click.option("--read-share", default=0.95, show_default=True, type=click.FloatRange(0, 1))
+@click.option(
+    "--restock-share",
+    default=0.5,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="Of the writes; the rest are purchases.",
+)
+@click.option("--skus", default=1000, show_default=True, type=click.IntRange(1, 100_000))
+@click.option("--zipf", default=1.0, show_default=True, type=click.FloatRange(0, 10))
+@click.option(
+    "--systems",
+    default="hello,nocache,naive,coherent",
+    show_default=True,
+    help="Comma-separated, run in this order: hello, nocache, naive, coherent.",
+)
+@click.option(
+    "--report",
+    "report_dir",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Write result.json and PNG plots here.",
+)
+@_bench_options
+def bench_mixed(
+    rate: float,
+    seconds: float,
+    warmup: float,
+    connections: int,
+    read_share: float,
+    restock_share: float,
+    skus: int,
+    zipf: float,
+    systems: str,
+    report_dir: str | None,
+    **where: Any,
+) -> None:
+    """Open-loop mixed load (GETs, purchases, restocks of Zipf-drawn SKUs) at RATE for SECONDS
+    against each system in turn, each on a fresh local cluster (or once against --url). Reports
+    latency from intended send times, hit rate, visibility lag and every answer judged against
+    the audit log. Exit status 1 when stockkeeper answered wrong."""
+    import json
+    from pathlib import Path
+
+    try:
+        from stockkeeper.bench.cluster import Cluster
+        from stockkeeper.bench.loadgen import Mix
+        from stockkeeper.bench.mixed import (
+            SYSTEMS,
+            MixedOptions,
+            exit_code,
+            result_json,
+            run_mixed,
+            run_on_urls,
+        )
+        from stockkeeper.bench.report import render, write_report
+    except ImportError as error:
+        raise click.ClickException(f"{error}: install the bench extra") from None
+    names = [name.strip() for name in systems.split(",") if name.strip()]
+    unknown = sorted(set(names) - set(SYSTEMS))
+    if unknown or not names:
+        raise click.BadParameter(f"unknown systems {unknown}; choose from {sorted(SYSTEMS)}")
+    urls, admin_token, clerk_token = where["urls"], where["admin_token"], where["clerk_token"]
+    if urls and not (admin_token and clerk_token):
+        raise click.UsageError("--url needs --admin-token and --clerk-token")
+    options = MixedOptions(
+        rate, seconds, warmup, connections, Mix(read_share, restock_share, skus, zipf)
+    )
+    try:
+        if urls:
+            cluster = Cluster([u.rstrip("/") for u in urls], admin_token, clerk_token)
+            runs = [run_on_urls(cluster, options, sys.stderr)]
+        else:
+            runs = run_mixed(
+                names,
+                where["servers"],
+                where["workers"],
+                where["database_url"],
+                options,
+                lambda line: click.echo(line, err=True),
+                sys.stderr,
+            )
+    except Exception as error:  # setup or transport faults: one line, exit 1
+        raise click.ClickException((str(error).splitlines() or [repr(error)])[0]) from None
+    result = result_json(runs, len(urls) or where["servers"], where["workers"], options)
+    click.echo(render(result))
+    if report_dir is not None:
+        for path in write_report(result, Path(report_dir)):
+            click.echo(f"wrote {path}", err=True)
+    if where["json_path"] is not None:
+        Path(where["json_path"]).write_text(json.dumps(result, indent=2))
+    sys.exit(exit_code(runs))

@@ -62,7 +62,7 @@ class Latencies:
     def to_json(self) -> dict[str, Any]:
         return {
             "count": self.count,
-            **{f"p{p:g}_ms": self.percentile_ms(p) for p in PERCENTILES},
+            **{f"p{p:g}_ms".replace(".", ""): self.percentile_ms(p) for p in PERCENTILES},
             "max_ms": self.max_ms(),
             "clamped": self.clamped,
             "curve_ms": self.curve(),

@@ -241,7 +241,7 @@ async def _storm(
     return outcomes
 
 
-async def _audit(
+async def read_audit(
     session: aiohttp.ClientSession, url: str, admin_token: str, sku: str
 ) -> list[dict[str, Any]]:
     """The whole audit log of `sku`, page by page (bounded: a page must make progress)."""
@@ -311,7 +311,7 @@ async def run_oversell(
         served = list(
             await asyncio.gather(*(_served(session, url, clerk_token, sku) for url in urls))
         )
-        audit = await _audit(session, urls[-1], admin_token, sku)
+        audit = await read_audit(session, urls[-1], admin_token, sku)
     result = Result(
         sku, stock, attempts, concurrency, list(urls), dict(outcomes), wall_s, served, audit
     )
