@@ -42,7 +42,8 @@ VISIBILITY_LAG = Histogram(
 )
 BUSY_REFUSALS = Counter(
     "stockkeeper_busy_refusals_total",
-    "Requests answered 503 busy: no database connection was free within pool_wait_ms_max.",
+    "Requests answered 503 busy: no database connection free within pool_wait_ms_max, or "
+    "in_flight_max requests in flight on the worker already.",
 )
 TRANSACTION_RETRIES = Counter(
     "stockkeeper_transaction_retries_total",

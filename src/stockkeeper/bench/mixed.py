@@ -161,7 +161,12 @@ class SystemRun:
         return sum(1 for c in known if c == "hit") / len(known) if known else None
 
     def achieved_rate(self) -> float:
-        return len(self.measured()) / self.window_s
+        """Answers that arrived during the window, per second: what the servers still served.
+        (Counting the window's requests answered by the end of the drain would credit an
+        overloaded server with answers it gave afterwards.)"""
+        begin, until = self.load.schedule.window_us
+        arrived = sum(1 for r in self.load.records if begin <= r.done_us < until)
+        return arrived / ((until - begin) / 1e6)
 
     def wrong_statuses(self) -> int:
         """Answers that are neither a success nor the honest "busy" of an overloaded server."""

@@ -39,6 +39,31 @@ end
 -- thread state: one connection ----------------------------------------------------------------
 
 local cdf, gets, purchases, restocks, out
+local clerk = { ["Authorization"] = "Bearer " .. CONFIG.clerk_token }
+local clerk_post = { ["Authorization"] = "Bearer " .. CONFIG.clerk_token,
+                     ["Content-Type"] = "application/json" }
+local admin_post = { ["Authorization"] = "Bearer " .. CONFIG.admin_token,
+                     ["Content-Type"] = "application/json" }
+local ONE = '{"quantity":1}'
+
+-- Each request is formatted on first use and kept: hundreds of threads need not format every
+-- SKU's three requests before the first send.
+local function prepared(cache, k, kind)
+  local made = cache[k]
+  if made == nil then
+    local path = "/v1/items/" .. string.format(CONFIG.sku_format, k)
+    if kind == "get" then
+      made = wrk.format("GET", path, clerk)
+    elseif kind == "purchase" then
+      made = wrk.format("POST", path .. "/purchase", clerk_post, ONE)
+    else
+      made = wrk.format("POST", path .. "/restock", admin_post, ONE)
+    end
+    cache[k] = made
+  end
+  return made
+end
+
 local next_us, interval_us, end_us
 local op, rank, intended_us, sent_us
 local armed = false -- a request() that no delay() armed is wrk checking the script: no slot
@@ -54,19 +79,7 @@ function init(args)
   end
   for k = 1, skus do cdf[k] = cdf[k] / total end
   cdf[skus] = 1.0
-  local clerk = { ["Authorization"] = "Bearer " .. CONFIG.clerk_token }
-  local clerk_post = { ["Authorization"] = "Bearer " .. CONFIG.clerk_token,
-                       ["Content-Type"] = "application/json" }
-  local admin_post = { ["Authorization"] = "Bearer " .. CONFIG.admin_token,
-                       ["Content-Type"] = "application/json" }
-  local one = '{"quantity":1}'
   gets, purchases, restocks = {}, {}, {}
-  for k = 1, skus do
-    local path = "/v1/items/" .. string.format(CONFIG.sku_format, k)
-    gets[k] = wrk.format("GET", path, clerk)
-    purchases[k] = wrk.format("POST", path .. "/purchase", clerk_post, one)
-    restocks[k] = wrk.format("POST", path .. "/restock", admin_post, one)
-  end
   interval_us = CONFIG.interval_us
   -- Connections start evenly staggered over one interval, so the offered load is smooth.
   next_us = CONFIG.start_us + math.floor((id - 1) * interval_us / CONFIG.connections)
@@ -91,7 +104,7 @@ end
 
 function request()
   if not armed then
-    return gets[1]
+    return prepared(gets, 1, "get")
   end
   armed = false
   sent_us = now_us()
@@ -107,13 +120,13 @@ function request()
   local r = math.random()
   if r < CONFIG.read_share then
     op = "get"
-    return gets[lo]
+    return prepared(gets, lo, op)
   elseif r < CONFIG.read_share + (1 - CONFIG.read_share) * CONFIG.restock_share then
     op = "restock"
-    return restocks[lo]
+    return prepared(restocks, lo, op)
   end
   op = "purchase"
-  return purchases[lo]
+  return prepared(purchases, lo, op)
 end
 
 function response(status, headers, body)

@@ -20,6 +20,7 @@ from stockkeeper import failpoints, metrics
 from stockkeeper.cache import DEFAULT_CACHE_URL, RedisCacheOptions
 from stockkeeper.domain import (
     MISSING,
+    Busy,
     FieldError,
     Forbidden,
     InvalidRequest,
@@ -49,6 +50,10 @@ log = logging.getLogger("stockkeeper.http")
 IDEMPOTENCY_KEYS_KEPT_S = 25 * 3600  # API.md promises at least 24 hours
 IDEMPOTENCY_PURGE_EVERY_S = 3600  # per cluster: the store lets one process purge per interval
 IDEMPOTENCY_PURGE_WAKE_S_MAX = 300  # each process asks at jittered times up to this far apart
+# Requests a worker serves at once; past it, 503 busy at once. A worker serves about 6,000 cached
+# reads a second here, so a full queue is under 200 ms of work: waits stay bounded under overload,
+# and a stampede of a few hundred concurrent readers per worker is still served.
+IN_FLIGHT_MAX = 1024
 Handler = Callable[[Request], Awaitable[Response]]
 
 
@@ -64,8 +69,15 @@ def _change_response(receipt: Receipt, body: dict[str, Any], status: int = 200) 
 class App:
     """ASGI application. Opens its Inventory at lifespan startup, or is handed one."""
 
-    def __init__(self, open_inventory: Callable[[], Awaitable[Inventory]]) -> None:
+    def __init__(
+        self,
+        open_inventory: Callable[[], Awaitable[Inventory]],
+        in_flight_max: int = IN_FLIGHT_MAX,
+    ) -> None:
+        assert in_flight_max >= 1
         self._open_inventory = open_inventory
+        self._in_flight_max = in_flight_max
+        self._in_flight = 0
         self._inventory: Inventory | None = None
         self._purger: asyncio.Task[None] | None = None
         self._handlers: dict[str, Handler] = {
@@ -73,13 +85,13 @@ class App:
         }
 
     @classmethod
-    def for_inventory(cls, inventory: Inventory) -> App:
+    def for_inventory(cls, inventory: Inventory, in_flight_max: int = IN_FLIGHT_MAX) -> App:
         """An app over an Inventory its caller opened and will close (tests, embedding)."""
 
         async def given() -> Inventory:
             return inventory
 
-        app = cls(given)
+        app = cls(given, in_flight_max)
         app._inventory = inventory
         return app
 
@@ -143,8 +155,13 @@ class App:
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         route: Route | None = None
+        self._in_flight += 1
         try:
             route, params = self._route(scope["method"], scope["path"])
+            if route.role is not None and self._in_flight > self._in_flight_max:
+                # Health and metrics stay answerable: they are how an operator sees this.
+                metrics.BUSY_REFUSALS.inc()
+                raise Busy(f"busy: {self._in_flight_max} requests in flight on this worker already")
             request = Request(scope, receive, params, headers=dict(scope["headers"]))
             if route.role is not None:
                 await self._authorize(request, route.role)
@@ -156,6 +173,8 @@ class App:
             response = _problem(
                 HttpProblem("internal_error", "an unexpected error; see the server log")
             )
+        finally:
+            self._in_flight -= 1
         await send_response(send, response)
         if route is not None:
             route.timer.observe(time.perf_counter() - started)
@@ -325,6 +344,7 @@ class Settings:
     store_options: StoreOptions
     cache_url: str
     redis_options: RedisCacheOptions
+    in_flight_max: int = IN_FLIGHT_MAX
 
 
 def settings_from_environment() -> Settings:
@@ -340,6 +360,7 @@ def settings_from_environment() -> Settings:
         redis_options=RedisCacheOptions(
             timeout_ms=float(os.environ.get("STOCKKEEPER_CACHE_TIMEOUT_MS", "100"))
         ),
+        in_flight_max=int(os.environ.get("STOCKKEEPER_IN_FLIGHT_MAX", str(IN_FLIGHT_MAX))),
     )
 
 
@@ -363,4 +384,4 @@ def create_app() -> App:
             redis_options=settings.redis_options,
         )
 
-    return App(open_inventory)
+    return App(open_inventory, settings.in_flight_max)
