@@ -233,3 +233,11 @@ def test_repeated_runs_against_running_servers_do_not_collide(tmp_path: Path) ->
         done = run_bench(*targets, *tokens, "--attempts", "200", "--stock", "20", "--sku", skus[0])
         assert done.returncode == 1
         assert "the SKU must be new" in done.stderr
+
+
+def test_attempt_n_goes_to_server_n_mod_k() -> None:
+    from stockkeeper.bench.storm import quotas
+
+    assert quotas(10, 4) == [3, 3, 2, 2]
+    assert quotas(3, 4) == [1, 1, 1, 0]
+    assert sum(quotas(10_000, 3)) == 10_000

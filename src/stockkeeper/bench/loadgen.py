@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import urllib.parse
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -23,6 +24,17 @@ LEAD_S = 1.0  # between starting wrk and the first intended send: its threads co
 SKU_FORMAT = "MX-%05d"  # Zipf rank k is SKU MX-0000k: MX-00001 is the hottest
 OPS = ("get", "purchase", "restock")
 SUMMARY = re.compile(r"^@@ (\w+) (\d+)$", re.MULTILINE)
+
+
+def require_wrk() -> None:
+    if shutil.which(WRK) is None:
+        raise RuntimeError("wrk not found: apt-get install -y wrk")
+
+
+def target_of(url: str) -> tuple[str, int]:
+    """(host, port) of a server's base URL."""
+    parts = urllib.parse.urlsplit(url)
+    return parts.hostname or "127.0.0.1", parts.port or 80
 
 
 def sku_name(rank: int) -> str:
@@ -231,8 +243,7 @@ def run_load(
 ) -> LoadResult:
     """Run wrk once (blocking: call it in a thread) and collect every answer it recorded.
     Thread n of `schedule.connections` drives targets[n mod K] over one connection."""
-    if shutil.which(WRK) is None:
-        raise RuntimeError("wrk not found: apt-get install -y wrk")
+    require_wrk()
     connections = schedule.connections
     lead_s = max(0.0, (schedule.start_us - time.time_ns() // 1000) / 1e6)
     duration_s = math.ceil(lead_s + schedule.warmup_s + schedule.window_s + schedule.drain_s)

@@ -17,7 +17,6 @@ import asyncio
 import datetime
 import os
 import time
-import urllib.parse
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -32,7 +31,15 @@ from stockkeeper.bench.cluster import (
     local_cluster,
 )
 from stockkeeper.bench.latency import Latencies
-from stockkeeper.bench.loadgen import LoadResult, Mix, Record, run_load, schedule_from_now, sku_name
+from stockkeeper.bench.loadgen import (
+    LoadResult,
+    Mix,
+    Record,
+    run_load,
+    schedule_from_now,
+    sku_name,
+    target_of,
+)
 from stockkeeper.bench.oversell import Progress, call_json, read_audit
 from stockkeeper.bench.probe import PROBE_SKU, ProbeResult, probe
 from stockkeeper.bench.scrape import (
@@ -377,10 +384,7 @@ async def run_system(
         schedule = schedule_from_now(
             options.rate_per_s, options.connections, options.warmup_s, options.window_s
         )
-        targets = []
-        for url in cluster.urls:
-            parts = urllib.parse.urlsplit(url)
-            targets.append((parts.hostname or "127.0.0.1", parts.port or 80))
+        targets = [target_of(url) for url in cluster.urls]
         loading = asyncio.create_task(
             asyncio.to_thread(
                 run_load, targets, cluster.admin_token, cluster.clerk_token, options.mix, schedule

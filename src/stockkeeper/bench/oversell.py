@@ -1,14 +1,12 @@
-"""`stockkeeper bench oversell`: N concurrent purchases of one item against stock S, spread
-round-robin over K servers, then a verdict from what the servers serve and what the audit log
-says. The verdict is a pure function, so its tests need no servers."""
+"""`stockkeeper bench oversell`: N concurrent purchases of one item against stock S, sent by wrk
+(storm.py) round-robin over K servers, then a verdict from what the servers serve and what the
+audit log says. The verdict is a pure function, so its tests need no servers."""
 
 from __future__ import annotations
 
 import asyncio
 import sys
-import time
 import uuid
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, TextIO
@@ -212,35 +210,6 @@ async def call_json(
         return answer.status, body
 
 
-async def _storm(
-    session: aiohttp.ClientSession,
-    urls: Sequence[str],
-    clerk_token: str,
-    sku: str,
-    attempts: int,
-    concurrency: int,
-    progress: Progress,
-) -> Counter[str]:
-    """`concurrency` callers take attempt numbers in turn; attempt n goes to server n mod K."""
-    import aiohttp
-
-    outcomes: Counter[str] = Counter()
-    numbers = iter(range(attempts))
-
-    async def caller() -> None:
-        for n in numbers:
-            url = f"{urls[n % len(urls)]}/v1/items/{sku}/purchase"
-            try:
-                status, body = await call_json(session, "POST", url, clerk_token, {"quantity": 1})
-                outcomes[outcome_key(status, body)] += 1
-            except (OSError, TimeoutError, aiohttp.ClientError) as error:
-                outcomes[f"transport {type(error).__name__}"] += 1
-            progress.done += 1
-
-    await asyncio.gather(*(caller() for _ in range(min(concurrency, attempts))))
-    return outcomes
-
-
 async def read_audit(
     session: aiohttp.ClientSession, url: str, admin_token: str, sku: str
 ) -> list[dict[str, Any]]:
@@ -287,9 +256,10 @@ async def run_oversell(
     """Create `sku` at `stock` (it must be new), storm it, then read back and judge."""
     import aiohttp
 
+    from stockkeeper.bench.storm import run_storm
+
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
-    connector = aiohttp.TCPConnector(limit=concurrency + len(urls))
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+    async with aiohttp.ClientSession(timeout=timeout) as session:
         item_url = f"{urls[0]}/v1/items/{sku}"
         status, body = await call_json(session, "PUT", item_url, admin_token, {"on_hand": stock})
         if status != 201:
@@ -298,15 +268,18 @@ async def run_oversell(
             )
         progress = Progress(attempts, progress_stream)
         ticker = asyncio.create_task(progress.run())
-        started = time.perf_counter()
+
+        def answered(count: int) -> None:
+            progress.done = count
+
         try:
-            outcomes = await _storm(
-                session, urls, clerk_token, sku, attempts, concurrency, progress
+            storm = await asyncio.to_thread(
+                run_storm, urls, clerk_token, sku, attempts, concurrency, answered
             )
         finally:
-            wall_s = time.perf_counter() - started
             ticker.cancel()
             progress.finish()
+        outcomes, wall_s = storm.outcomes, storm.wall_s
         await asyncio.sleep(VISIBILITY_S)  # the contract's bound for every server to serve it
         served = list(
             await asyncio.gather(*(_served(session, url, clerk_token, sku) for url in urls))

@@ -1,0 +1,87 @@
+-- The purchase storm of `stockkeeper bench oversell` (driven by storm.py, which prepends
+-- `local CONFIG = {...}`): closed loop, thread n drives server n with its share of the attempts
+-- over several connections, counts every answer by status and problem code, and writes what it
+-- saw to a file every 100 answers and when its last answer arrives, so the runner can show
+-- progress and stop wrk at once.
+
+local ffi = require("ffi")
+ffi.cdef [[
+typedef struct { long tv_sec; long tv_nsec; } sk_timespec;
+int clock_gettime(int clock_id, sk_timespec *tp);
+]]
+local timespec = ffi.new("sk_timespec")
+
+local function now_us()
+  ffi.C.clock_gettime(0, timespec)
+  return tonumber(timespec.tv_sec) * 1000000 + math.floor(tonumber(timespec.tv_nsec) / 1000)
+end
+
+local created = 0
+
+function setup(thread)
+  created = created + 1
+  local target = CONFIG.targets[created]
+  thread.addr = wrk.lookup(target[1], target[2])[1]
+  thread:set("id", created)
+end
+
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("@@ connect %d\n@@ read %d\n@@ write %d\n@@ timeout %d\n",
+                         e.connect, e.read, e.write, e.timeout))
+end
+
+local quota, sent, answered, outcomes, first_us, purchase
+
+local function write_file(name, text)
+  local file = io.open(CONFIG.out_dir .. "/" .. name .. "-" .. id .. ".txt", "w")
+  file:write(text)
+  file:close()
+end
+
+function init(args)
+  quota, sent, answered, outcomes = CONFIG.quotas[id], 0, 0, {}
+  local headers = { ["Authorization"] = "Bearer " .. CONFIG.clerk_token,
+                    ["Content-Type"] = "application/json" }
+  purchase = wrk.format("POST", "/v1/items/" .. CONFIG.sku .. "/purchase", headers,
+                        '{"quantity":1}')
+end
+
+-- Every request a connection sends follows its own delay() (the thread's connections interleave
+-- between the two), so the share is counted here: a 0 ms delay is exactly one request.
+function delay()
+  if sent >= quota then
+    return 3600000 -- this thread's share is sent: its connections go quiet
+  end
+  sent = sent + 1
+  first_us = first_us or now_us()
+  return 0
+end
+
+function request()
+  return purchase
+end
+
+local function state()
+  local lines = { string.format("%.0f %.0f", first_us, now_us()) }
+  for k, count in pairs(outcomes) do
+    lines[#lines + 1] = count .. " " .. k
+  end
+  return table.concat(lines, "\n") .. "\n"
+end
+
+function response(status, headers, body)
+  answered = answered + 1
+  local key = tostring(status)
+  if status ~= 200 then
+    local code = string.match(body, '"code"%s*:%s*"([^"]+)"')
+    if code then key = key .. " " .. code end
+  end
+  outcomes[key] = (outcomes[key] or 0) + 1
+  if answered % 100 == 0 or answered == quota then
+    write_file("state", state()) -- what the runner reports if this thread never finishes
+  end
+  if answered == quota then
+    write_file("done", "")
+  end
+end
