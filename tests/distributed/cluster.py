@@ -51,7 +51,12 @@ def running_servers(
         database_url, cache_url, servers, workers, log_dir=tmp, env=env, clerk_name="shop"
     ) as started:
         yield Cluster(
-            started.urls, started.admin_token, started.clerk_token, started.processes, database_url
+            started.urls,
+            started.admin_token,
+            started.clerk_token,
+            started.processes,
+            started.logs,
+            database_url,
         )
 
 
