@@ -169,12 +169,16 @@ class SystemRun:
         known = [c for c in marked if c in ("hit", "miss")]
         return sum(1 for c in known if c == "hit") / len(known) if known else None
 
-    def achieved_rate(self) -> float:
-        """Answers that arrived during the window, per second: what the servers still served.
-        (Counting the window's requests answered by the end of the drain would credit an
-        overloaded server with answers it gave afterwards.)"""
+    def achieved_rate(self, statuses: Sequence[int] = ()) -> float:
+        """Answers (with one of `statuses`, or any) that arrived during the window, per second:
+        what the servers still served. (Counting the window's requests answered by the end of
+        the drain would credit an overloaded server with answers it gave afterwards.)"""
         begin, until = self.load.schedule.window_us
-        arrived = sum(1 for r in self.load.records if begin <= r.done_us < until)
+        arrived = sum(
+            1
+            for r in self.load.records
+            if begin <= r.done_us < until and (not statuses or r.status in statuses)
+        )
         return arrived / ((until - begin) / 1e6)
 
     def wrong_statuses(self) -> int:
@@ -233,6 +237,10 @@ class SystemRun:
             "achieved_rate_per_s": self.achieved_rate(),
             "statuses": self.statuses(),
             "busy_503": self.busy(),
+            "ok_rate_per_s": self.achieved_rate((200,)),
+            "busy_latency_ms": Latencies()
+            .record_all(r.latency_us for r in self.measured() if r.status == 503)
+            .to_json(),
             "hit_rate": self.hit_rate(),
             "latency": {
                 "all": self.latencies(every).to_json(),
