@@ -181,6 +181,12 @@ class SystemRun:
         )
         return arrived / ((until - begin) / 1e6)
 
+    def achieved_rate_of(self, op: str) -> float:
+        """Answers to `op` that arrived during the window, per second."""
+        begin, until = self.load.schedule.window_us
+        arrived = sum(1 for r in self.load.records if r.op == op and begin <= r.done_us < until)
+        return arrived / ((until - begin) / 1e6)
+
     def wrong_statuses(self) -> int:
         """Answers that are neither a success nor the honest "busy" of an overloaded server."""
         return sum(1 for r in self.measured() if r.status not in (200, 503))
@@ -246,7 +252,10 @@ class SystemRun:
                 "all": self.latencies(every).to_json(),
                 "get": self.latencies(get).to_json(),
                 "write": self.latencies(writes).to_json(),
+                "purchase": self.latencies(("purchase",)).to_json(),
+                "restock": self.latencies(("restock",)).to_json(),
             },
+            "rate_per_s": {op: self.achieved_rate_of(op) for op in every},
             "service_time_get": self.service_times(get).to_json(),
             "visibility_probe": None if self.probe is None else _probe_json(self.probe),
             "server_metrics": server,
