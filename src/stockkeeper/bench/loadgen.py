@@ -221,8 +221,10 @@ def lua_config(
     return f"local CONFIG = {{\n  {body}\n}}\n"
 
 
-def script(config: str) -> str:
-    return config + resources.files("stockkeeper.bench").joinpath("openloop.lua").read_text()
+def script(config: str, name: str = "openloop.lua") -> str:
+    """A wrk script: its CONFIG, the prelude every script shares, then the script `name`."""
+    files = resources.files("stockkeeper.bench")
+    return config + files.joinpath("common.lua").read_text() + files.joinpath(name).read_text()
 
 
 def schedule_from_now(

@@ -1,35 +1,8 @@
 -- The purchase storm of `stockkeeper bench oversell` (driven by storm.py, which prepends
--- `local CONFIG = {...}`): closed loop, thread n drives server n with its share of the attempts
--- over several connections, counts every answer by status and problem code, and writes what it
--- saw to a file every 100 answers and when its last answer arrives, so the runner can show
--- progress and stop wrk at once.
-
-local ffi = require("ffi")
-ffi.cdef [[
-typedef struct { long tv_sec; long tv_nsec; } sk_timespec;
-int clock_gettime(int clock_id, sk_timespec *tp);
-]]
-local timespec = ffi.new("sk_timespec")
-
-local function now_us()
-  ffi.C.clock_gettime(0, timespec)
-  return tonumber(timespec.tv_sec) * 1000000 + math.floor(tonumber(timespec.tv_nsec) / 1000)
-end
-
-local created = 0
-
-function setup(thread)
-  created = created + 1
-  local target = CONFIG.targets[created]
-  thread.addr = wrk.lookup(target[1], target[2])[1]
-  thread:set("id", created)
-end
-
-function done(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format("@@ connect %d\n@@ read %d\n@@ write %d\n@@ timeout %d\n",
-                         e.connect, e.read, e.write, e.timeout))
-end
+-- `local CONFIG = {...}` and common.lua): closed loop, thread n drives server n with its share
+-- of the attempts over several connections, counts every answer by status and problem code, and
+-- writes what it saw to a file every 100 answers and when its last answer arrives, so the runner
+-- can show progress and stop wrk at once.
 
 local quota, sent, answered, outcomes, first_us, purchase
 

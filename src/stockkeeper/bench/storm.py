@@ -12,10 +12,10 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 from stockkeeper.bench.loadgen import WRK, require_wrk, target_of
+from stockkeeper.bench.loadgen import script as lua_script
 
 RUN_S_MAX = 600  # wrk's own deadline; a healthy storm ends long before
 ANSWER_TIMEOUT_S = 30
@@ -78,8 +78,7 @@ def run_storm(
     with tempfile.TemporaryDirectory(prefix="sk-storm-") as workdir:
         out_dir = Path(workdir)
         script = out_dir / "storm.lua"
-        lua = resources.files("stockkeeper.bench").joinpath("storm.lua").read_text()
-        script.write_text(_config(urls, clerk_token, sku, shares, out_dir) + lua)
+        script.write_text(lua_script(_config(urls, clerk_token, sku, shares, out_dir), "storm.lua"))
         command = [
             WRK,
             f"-t{servers}",
