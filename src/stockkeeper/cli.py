@@ -195,8 +195,15 @@ def bench() -> None:
     Needs the `bench` extra (aiohttp)."""
 
 
+_CACHE_OPTION = click.option(
+    "--cache",
+    "cache_url",
+    default="redis-private",
+    show_default=True,
+    help="For the cluster this starts: redis-private (a redis-server of its own), "
+    "redis://… or memory://.",
+)
 _BENCH_OPTIONS = (
-    click.option("--servers", default=4, show_default=True, type=click.IntRange(1, 64)),
     click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64)),
     click.option(
         "--database",
@@ -205,14 +212,6 @@ _BENCH_OPTIONS = (
         show_default=True,
         help="For the cluster this starts. A postgresql:// URL without search_path gets a "
         "fresh schema, dropped afterwards.",
-    ),
-    click.option(
-        "--cache",
-        "cache_url",
-        default="redis-private",
-        show_default=True,
-        help="For the cluster this starts: redis-private (a redis-server of its own), "
-        "redis://… or memory://.",
     ),
     click.option(
         "--url",
@@ -232,11 +231,23 @@ _BENCH_OPTIONS = (
 )
 
 
-def _bench_options(command: Callable[..., None]) -> Callable[..., None]:
-    """The options every scenario shares: where its cluster is, and where its result goes."""
-    for option in reversed(_BENCH_OPTIONS):
-        command = option(command)
-    return command
+def _bench_options(
+    servers: int = 4, cache: bool = True
+) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """The options every scenario shares: where its cluster is, and where its result goes.
+    `mixed` picks each system's cache itself, and fits its default 2 servers to 2 cores."""
+    options = [
+        click.option("--servers", default=servers, show_default=True, type=click.IntRange(1, 64)),
+        *([_CACHE_OPTION] if cache else []),
+        *_BENCH_OPTIONS,
+    ]
+
+    def decorate(command: Callable[..., None]) -> Callable[..., None]:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
 
 
 def _bench(
@@ -286,7 +297,7 @@ def _bench(
 @click.option("--stock", default=100, show_default=True, type=click.IntRange(1, 1_000_000))
 @click.option("--concurrency", default=200, show_default=True, type=click.IntRange(1, 10_000))
 @click.option("--sku", default=None, help="A new SKU (default: a unique one per run).")
-@_bench_options
+@_bench_options()
 def bench_oversell(
     attempts: int, stock: int, concurrency: int, sku: str | None, **where: Any
 ) -> None:
@@ -317,7 +328,7 @@ def bench_oversell(
 @click.option("--keys", default=20, show_default=True, type=click.IntRange(1, 10_000))
 @click.option("--reads", default=400, show_default=True, type=click.IntRange(1, 100_000))
 @click.option("--concurrency", default=800, show_default=True, type=click.IntRange(1, 10_000))
-@_bench_options
+@_bench_options()
 def bench_stampede(keys: int, reads: int, concurrency: int, **where: Any) -> None:
     """KEYS new (cold) items each read READS times at once, spread over the servers. CORRECT if
     every read answered the item and no server read the database more than once per key."""
@@ -379,7 +390,7 @@ def bench_stampede(keys: int, reads: int, concurrency: int, **where: Any) -> Non
     type=click.Path(file_okay=False),
     help="Write result.json and PNG plots here.",
 )
-@_bench_options
+@_bench_options(servers=2, cache=False)
 def bench_mixed(
     rate: float,
     seconds: float,
