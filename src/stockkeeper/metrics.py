@@ -40,6 +40,11 @@ VISIBILITY_LAG = Histogram(
     "From a change's commit to this server being able to serve it.",
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
 )
+CACHE_TRIPS = Counter(
+    "stockkeeper_cache_degraded_trips_total",
+    "Times this process stopped trusting Redis (unreachable, late, or answering errors) and "
+    "began reading from the database until it recovers.",
+)
 BUSY_REFUSALS = Counter(
     "stockkeeper_busy_refusals_total",
     "Requests answered 503 busy: no database connection free within pool_wait_ms_max, or "

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from stockkeeper import failpoints
+from stockkeeper import failpoints, metrics
 from stockkeeper.cache.base import DirectReads
 from stockkeeper.cache.redis import RedisCache
 from stockkeeper.cache.resp import CacheUnavailable, RespClient
@@ -248,6 +248,7 @@ async def test_g5_a_hanging_redis_costs_one_bounded_timeout(
     a = await open_server(timeout_ms=50, recovery_probe_ms=5_000, **NO_FEED)
     await a.inventory.set_stock(sku, 5, user="t")
     await a.read(sku)
+    trips = metrics.CACHE_TRIPS._value.get()
     await redis.call("CLIENT", "PAUSE", 400, "ALL")
     started = time.monotonic()
     first = await a.inventory.read(sku)
@@ -255,6 +256,7 @@ async def test_g5_a_hanging_redis_costs_one_bounded_timeout(
     second = await a.inventory.read(sku)
     both_s = time.monotonic() - started
     await asyncio.sleep(0.4)
+    assert metrics.CACHE_TRIPS._value.get() == trips + 1  # one trip, counted for /metrics
     assert first.item == second.item == Item(sku, 5, 1)
     assert not first.cache_hit and not second.cache_hit
     assert first_s < 0.3 and both_s < 0.3, (first_s, both_s)  # 50 ms + one database read

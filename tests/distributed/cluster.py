@@ -55,7 +55,6 @@ def running_servers(
             started.admin_token,
             started.clerk_token,
             started.processes,
-            started.logs,
             database_url,
         )
 

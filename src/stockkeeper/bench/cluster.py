@@ -44,11 +44,6 @@ class Cluster:
     admin_token: str
     clerk_token: str
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list, compare=False)
-    logs: list[Path] = field(default_factory=list, compare=False)  # each server's stderr
-
-    def log_count(self, text: str) -> int:
-        """How often `text` appears in the servers' logs so far (degraded-mode trips, say)."""
-        return sum(path.read_text(errors="replace").count(text) for path in self.logs)
 
     def kill(self, n: int) -> None:
         """SIGKILL server `n` and its workers: no shutdown, no last words."""
@@ -240,9 +235,7 @@ def running_servers(
                     "the database has an admin token already (none was printed): pass it"
                 )
             name = clerk_name or f"bench-{uuid.uuid4().hex[:8]}"
-            logs = [log_dir / f"server-{n}.log" for n in range(servers)]
-            clerk = create_token(database_url, name, "clerk")
-            yield Cluster(urls, admin, clerk, processes, logs)
+            yield Cluster(urls, admin, create_token(database_url, name, "clerk"), processes)
         finally:
             for process in processes:
                 _stop(process, group=True)

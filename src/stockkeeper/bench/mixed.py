@@ -65,7 +65,7 @@ REQUEST_TIMEOUT_S = 10.0
 LAG = "stockkeeper_visibility_lag_seconds"
 DB_READS = "stockkeeper_item_database_reads_total"
 CACHE_REQUESTS = "stockkeeper_cache_requests_total"
-DEGRADED = "reading from the database until it recovers"  # logged on each trip to degraded mode
+TRIPS = "stockkeeper_cache_degraded_trips_total"
 
 
 @dataclass(frozen=True)
@@ -136,7 +136,6 @@ class SystemRun:
     metrics: Samples
     cpu_s: dict[str, float]
     window_s: float
-    degraded_trips: int = 0  # trips into degraded mode in the servers' logs during the run
     violations: dict[str, int] = field(default_factory=dict)
     violation_examples: list[str] = field(default_factory=list)
     reads_checked: int = 0
@@ -259,7 +258,7 @@ class SystemRun:
             "service_time_get": self.service_times(get).to_json(),
             "visibility_probe": None if self.probe is None else _probe_json(self.probe),
             "server_metrics": server,
-            "degraded_trips": self.degraded_trips,
+            "degraded_trips": total(self.metrics, TRIPS),
             "history": {
                 "reads_checked": self.reads_checked,
                 "violations": self.violations,
@@ -401,7 +400,6 @@ async def run_system(
     connector = aiohttp.TCPConnector(limit=64)
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
         await _seed(session, cluster, options.mix.skus)
-        trips_before = cluster.log_count(DEGRADED)
         schedule = schedule_from_now(
             options.rate_per_s, options.connections, options.warmup_s, options.window_s
         )
@@ -448,7 +446,6 @@ async def run_system(
             cpu_used(cpu_before, cpu_after, list(groups)),
             window_s,
         )
-        run.degraded_trips = cluster.log_count(DEGRADED) - trips_before
         if system.versioned:
             measured = run.measured()
             ops = history_ops(measured, len(cluster.urls))

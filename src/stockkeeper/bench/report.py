@@ -90,7 +90,7 @@ ROWS: list[tuple[str, str, str]] = [
     ("visibility lag p99", "visibility_probe.lag_ms.p99_ms", "ms"),
     ("visibility lag max", "visibility_probe.lag_ms.max_ms", "ms"),
     ("servers' lag p99 (ms, est.)", "server_metrics.lag_p99_ms", "ms"),
-    ("degraded-mode trips (servers' logs)", "degraded_trips", "int"),
+    ("degraded-mode trips (/metrics)", "degraded_trips", "int"),
     ("reads judged against the audit", "history.reads_checked", "int"),
     ("  went back (older than a read before)", "history.violations.went_back", "int"),
     ("  stale > 100 ms after an acked write", "history.violations.stale", "int"),

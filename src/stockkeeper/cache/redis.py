@@ -129,6 +129,7 @@ class RedisCache:
         if self._closing:  # our own close() failed what was in flight: nothing to recover
             return
         if self._up:
+            metrics.CACHE_TRIPS.inc()
             log.warning(
                 "cache unreachable (%s): reading from the database until it recovers", error
             )
