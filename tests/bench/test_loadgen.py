@@ -98,9 +98,9 @@ def test_it_sends_at_the_rate_and_records_every_answer(server: tuple[int, Stall]
     result = run_load(
         [("127.0.0.1", port)], "admin", "clerk", Mix(), schedule_from_now(400, 4, 0.5, 2.0)
     )
-    measured = result.measured()
+    measured = result.measured
     assert len(measured) == result.schedule.offered() == 800
-    assert not result.unanswered_latencies_us()
+    assert not result.unanswered_latencies_us
     assert {r.op for r in measured} == {"get", "purchase", "restock"}
     first = measured[0]
     assert (first.status, first.version, first.on_hand, first.cache) == (200, 7, 41, "hit")
@@ -118,7 +118,7 @@ def test_a_stall_is_charged_to_every_request_it_held_back(server: tuple[int, Sta
     result = run_load(
         [("127.0.0.1", port)], "admin", "clerk", Mix(), schedule_from_now(200, 2, 0.0, 2.5)
     )
-    measured = result.measured()
+    measured = result.measured
     assert len(measured) == result.schedule.offered() == 500
     open_loop = Latencies().record_all(r.latency_us for r in measured)
     closed_loop = Latencies().record_all(r.service_us for r in measured)
@@ -133,7 +133,7 @@ def test_requests_never_answered_count_as_waiting_until_the_end(server: tuple[in
     result = run_load(
         [("127.0.0.1", port)], "admin", "clerk", Mix(), schedule_from_now(100, 2, 0.0, 2.0, 1.0)
     )
-    unanswered = result.unanswered_latencies_us()
-    assert len(result.measured()) + len(unanswered) == result.schedule.offered() == 200
+    unanswered = result.unanswered_latencies_us
+    assert len(result.measured) + len(unanswered) == result.schedule.offered() == 200
     assert len(unanswered) >= 80
     assert min(unanswered) >= 1_000_000  # each waited at least the 1 s drain

@@ -13,8 +13,10 @@ import subprocess
 import tempfile
 import time
 import urllib.parse
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from importlib import resources
 from pathlib import Path
 
@@ -87,20 +89,23 @@ class Schedule:
     def end_us(self) -> int:
         return self.window_us[1]
 
-    def first_us(self, connection: int) -> float:
-        return self.start_us + math.floor((connection - 1) * self.interval_us / self.connections)
+    def intended_us(self, connection: int, k: int) -> float:
+        """Connection `connection`'s k-th intended send (0-based)."""
+        phase = math.floor((connection - 1) * self.interval_us / self.connections)
+        return self.start_us + phase + k * self.interval_us
 
-    def slots(self, connection: int, begin_us: int, until_us: int) -> int:
-        """How many sends connection `connection` intends in [begin_us, until_us)."""
-        first, step = self.first_us(connection), self.interval_us
-        return max(0, math.ceil((until_us - first) / step)) - max(
-            0, math.ceil((begin_us - first) / step)
-        )
+    def first_slot(self, connection: int, at_us: int) -> int:
+        """The index of the connection's first intended send at or after `at_us`."""
+        return max(0, math.ceil((at_us - self.intended_us(connection, 0)) / self.interval_us))
+
+    def window_slots(self, connection: int) -> range:
+        """The indexes of the connection's sends intended in the window."""
+        begin, until = self.window_us
+        return range(self.first_slot(connection, begin), self.first_slot(connection, until))
 
     def offered(self) -> int:
         """Requests intended in the window, over all connections."""
-        begin, until = self.window_us
-        return sum(self.slots(c, begin, until) for c in range(1, self.connections + 1))
+        return sum(len(self.window_slots(c)) for c in range(1, self.connections + 1))
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,26 +170,23 @@ class LoadResult:
     ended_us: int  # when wrk had stopped: an unanswered request waited at least until then
     wrk_errors: dict[str, int] = field(default_factory=dict)
 
+    @cached_property
     def measured(self) -> list[Record]:
+        """The answers to requests intended in the window."""
         begin, until = self.schedule.window_us
         return [r for r in self.records if begin <= r.intended_us < until]
 
+    @cached_property
     def unanswered_latencies_us(self) -> list[int]:
         """For every send intended in the window that got no answer before wrk stopped, how
         long it had waited by then (a lower bound of its latency). A connection's answers come
         in order, so these are its last slots. Dropping them would hide the worst stalls."""
-        schedule = self.schedule
-        begin, until = schedule.window_us
-        answered: dict[int, int] = {}
-        for record in self.measured():
-            answered[record.connection] = answered.get(record.connection, 0) + 1
+        answered = Counter(record.connection for record in self.measured)
         waits = []
-        for c in range(1, schedule.connections + 1):
-            first = schedule.first_us(c)
-            skipped = max(0, math.ceil((begin - first) / schedule.interval_us))
-            for k in range(answered.get(c, 0), schedule.slots(c, begin, until)):
-                intended = math.floor(first + (skipped + k) * schedule.interval_us)
-                waits.append(self.ended_us - intended)
+        for c in range(1, self.schedule.connections + 1):
+            slots = self.schedule.window_slots(c)
+            for k in slots[answered[c] :]:
+                waits.append(self.ended_us - math.floor(self.schedule.intended_us(c, k)))
         return waits
 
 

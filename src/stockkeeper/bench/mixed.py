@@ -52,7 +52,7 @@ from stockkeeper.bench.scrape import (
     scrape,
     total,
 )
-from stockkeeper.verify.history import KINDS, STALE_S_MAX, Op, check
+from stockkeeper.verify.history import STALE_S_MAX, Op, check
 
 if TYPE_CHECKING:
     import aiohttp
@@ -74,7 +74,7 @@ class System:
     description: str
     command: tuple[str, ...]
     cache_url: str
-    versioned: bool = True  # answers real items, so they can be judged against the audit log
+    versioned: bool = True  # answers real items (and /metrics), so they can be judged
     product: bool = True  # stockkeeper itself: a wrong answer fails the command
 
 
@@ -110,7 +110,6 @@ SYSTEMS = {
         ),
     )
 }
-DEFAULT_SYSTEMS = ("hello", "nocache", "naive", "coherent")
 
 
 @dataclass(frozen=True)
@@ -142,56 +141,52 @@ class SystemRun:
 
     # --- derived figures --------------------------------------------------------------------
 
+    @property
     def measured(self) -> list[Record]:
-        return self.load.measured()
+        return self.load.measured
 
-    def latencies(self, ops: Sequence[str]) -> Latencies:
-        """From intended send times; unanswered requests count as waiting until wrk stopped."""
-        latencies = Latencies().record_all(r.latency_us for r in self.measured() if r.op in ops)
-        if len(ops) > 1:
-            latencies.record_all(self.load.unanswered_latencies_us())
+    def latencies(self, ops: Sequence[str], unanswered: bool = False) -> Latencies:
+        """From intended send times. With `unanswered`, requests never answered count too, as
+        waiting until wrk stopped: only for all operations together, since an unsent request's
+        operation was never drawn."""
+        latencies = Latencies().record_all(r.latency_us for r in self.measured if r.op in ops)
+        if unanswered:
+            latencies.record_all(self.load.unanswered_latencies_us)
         return latencies
 
     def service_times(self, ops: Sequence[str]) -> Latencies:
         """What a closed-loop tool would report: from the actual send."""
-        return Latencies().record_all(r.service_us for r in self.measured() if r.op in ops)
+        return Latencies().record_all(r.service_us for r in self.measured if r.op in ops)
 
     def statuses(self) -> dict[str, dict[int, int]]:
         counts: dict[str, Counter[int]] = {}
-        for record in self.measured():
+        for record in self.measured:
             counts.setdefault(record.op, Counter())[record.status] += 1
         return {op: dict(sorted(c.items())) for op, c in sorted(counts.items())}
 
     def hit_rate(self) -> float | None:
         """Of the GETs answered 200, the share the server answered from its cache (X-Cache)."""
-        marked = [r.cache for r in self.measured() if r.op == "get" and r.status == 200]
+        marked = [r.cache for r in self.measured if r.op == "get" and r.status == 200]
         known = [c for c in marked if c in ("hit", "miss")]
         return sum(1 for c in known if c == "hit") / len(known) if known else None
 
-    def achieved_rate(self, statuses: Sequence[int] = ()) -> float:
-        """Answers (with one of `statuses`, or any) that arrived during the window, per second:
-        what the servers still served. (Counting the window's requests answered by the end of
-        the drain would credit an overloaded server with answers it gave afterwards.)"""
+    def achieved_rate(self, keep: Callable[[Record], bool] = lambda record: True) -> float:
+        """Answers (those `keep` keeps) that arrived during the window, per second: what the
+        servers still served. (Counting the window's requests answered by the end of the drain
+        would credit an overloaded server with answers it gave afterwards.)"""
         begin, until = self.load.schedule.window_us
-        arrived = sum(
-            1
-            for r in self.load.records
-            if begin <= r.done_us < until and (not statuses or r.status in statuses)
-        )
+        arrived = sum(1 for r in self.load.records if begin <= r.done_us < until and keep(r))
         return arrived / ((until - begin) / 1e6)
 
-    def achieved_rate_of(self, op: str) -> float:
-        """Answers to `op` that arrived during the window, per second."""
-        begin, until = self.load.schedule.window_us
-        arrived = sum(1 for r in self.load.records if r.op == op and begin <= r.done_us < until)
-        return arrived / ((until - begin) / 1e6)
+    def _rate_of(self, op: str) -> float:
+        return self.achieved_rate(lambda record: record.op == op)
 
     def wrong_statuses(self) -> int:
         """Answers that are neither a success nor the honest "busy" of an overloaded server."""
-        return sum(1 for r in self.measured() if r.status not in (200, 503))
+        return sum(1 for r in self.measured if r.status not in (200, 503))
 
     def busy(self) -> int:
-        return sum(1 for r in self.measured() if r.status == 503)
+        return sum(1 for r in self.measured if r.status == 503)
 
     def throughput(self) -> list[float]:
         """Answers per second in THROUGHPUT_BUCKET_S buckets, from the first intended send
@@ -219,7 +214,7 @@ class SystemRun:
         server = {
             "db_reads_per_get": _ratio(
                 total(self.metrics, DB_READS),
-                sum(1 for r in self.measured() if r.op == "get"),
+                sum(1 for r in self.measured if r.op == "get"),
             ),
             "cache_hit_rate": _ratio(
                 total(self.metrics, CACHE_REQUESTS, result="hit"),
@@ -237,24 +232,24 @@ class SystemRun:
             "offered_rate_per_s": self.options.rate_per_s,
             "window_s": self.window_s,
             "offered": self.load.schedule.offered(),
-            "answered": len(self.measured()),
-            "unanswered": len(self.load.unanswered_latencies_us()),
+            "answered": len(self.measured),
+            "unanswered": len(self.load.unanswered_latencies_us),
             "achieved_rate_per_s": self.achieved_rate(),
             "statuses": self.statuses(),
             "busy_503": self.busy(),
-            "ok_rate_per_s": self.achieved_rate((200,)),
+            "ok_rate_per_s": self.achieved_rate(lambda r: r.status == 200),
             "busy_latency_ms": Latencies()
-            .record_all(r.latency_us for r in self.measured() if r.status == 503)
+            .record_all(r.latency_us for r in self.measured if r.status == 503)
             .to_json(),
             "hit_rate": self.hit_rate(),
             "latency": {
-                "all": self.latencies(every).to_json(),
+                "all": self.latencies(every, unanswered=True).to_json(),
                 "get": self.latencies(get).to_json(),
                 "write": self.latencies(writes).to_json(),
                 "purchase": self.latencies(("purchase",)).to_json(),
                 "restock": self.latencies(("restock",)).to_json(),
             },
-            "rate_per_s": {op: self.achieved_rate_of(op) for op in every},
+            "rate_per_s": {op: self._rate_of(op) for op in every},
             "service_time_get": self.service_times(get).to_json(),
             "visibility_probe": None if self.probe is None else _probe_json(self.probe),
             "server_metrics": server,
@@ -336,7 +331,7 @@ def judge(
         sku: [(e["version"], parse_audit_time(e["at"])) for e in log] for sku, log in audits.items()
     }
     verdict = check(ops, states, commits, stale_s_max=stale_s_max, keep_max=10)
-    return {kind: verdict.counts.get(kind, 0) for kind in KINDS}, [str(v) for v in verdict.examples]
+    return verdict.counts, [str(v) for v in verdict.examples]
 
 
 # --- one system -------------------------------------------------------------------------------
@@ -414,7 +409,7 @@ async def run_system(
         try:
             begin_us, until_us = schedule.window_us
             await _sleep_until_us(begin_us)
-            scraping = system.versioned
+            scraping = system.versioned  # hello answers /metrics with its fixed item too
             before = await asyncio.gather(*(scrape(session, u) for u in cluster.urls if scraping))
             groups = _cpu_groups(cluster)
             cpu_before, window_started = cpu_snapshot(groups), time.monotonic()
@@ -447,7 +442,7 @@ async def run_system(
             window_s,
         )
         if system.versioned:
-            measured = run.measured()
+            measured = run.measured
             ops = history_ops(measured, len(cluster.urls))
             skus = sorted({op.sku for op in ops})
             audits = await _audits(session, cluster, skus)
