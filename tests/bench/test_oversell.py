@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -241,3 +242,12 @@ def test_attempt_n_goes_to_server_n_mod_k() -> None:
     assert quotas(10, 4) == [3, 3, 2, 2]
     assert quotas(3, 4) == [1, 1, 1, 0]
     assert sum(quotas(10_000, 3)) == 10_000
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="needs wrk (apt-get install wrk)")
+def test_a_storm_that_cannot_reach_its_server_says_why() -> None:
+    from stockkeeper.bench.cluster import free_port
+    from stockkeeper.bench.storm import run_storm
+
+    with pytest.raises(RuntimeError, match="wrk exited with 1: unable to connect"):
+        run_storm([f"http://127.0.0.1:{free_port()}"], "sk_token", "SKU-1", 10, 2)

@@ -14,7 +14,7 @@ import tempfile
 import time
 import urllib.parse
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from importlib import resources
@@ -190,43 +190,30 @@ class LoadResult:
         return waits
 
 
-def lua_config(
-    targets: Sequence[tuple[str, int]],
-    admin_token: str,
-    clerk_token: str,
-    mix: Mix,
-    schedule: Schedule,
-    records_dir: Path,
-    seed: int,
-) -> str:
-    def string(value: str) -> str:
-        assert '"' not in value and "\\" not in value and "\n" not in value
+LuaValue = str | int | float | Sequence["LuaValue"]
+
+
+def _lua(value: LuaValue) -> str:
+    if isinstance(value, str):
+        assert not any(c in value for c in '"\\\n'), f"not a plain Lua string: {value!r}"
         return f'"{value}"'
-
-    entries = {
-        "targets": "{" + ", ".join(f"{{{string(h)}, {string(str(p))}}}" for h, p in targets) + "}",
-        "admin_token": string(admin_token),
-        "clerk_token": string(clerk_token),
-        "skus": str(mix.skus),
-        "zipf": repr(mix.zipf),
-        "read_share": repr(mix.read_share),
-        "restock_share": repr(mix.restock_share),
-        "sku_format": string(SKU_FORMAT),
-        "connections": str(schedule.connections),
-        "interval_us": repr(schedule.interval_us),
-        "start_us": str(schedule.start_us),
-        "end_us": str(schedule.end_us),
-        "records_dir": string(str(records_dir)),
-        "seed": str(seed),
-    }
-    body = ",\n  ".join(f"{key} = {value}" for key, value in entries.items())
-    return f"local CONFIG = {{\n  {body}\n}}\n"
+    if isinstance(value, int | float):
+        return repr(value)
+    return "{" + ", ".join(_lua(item) for item in value) + "}"
 
 
-def script(config: str, name: str = "openloop.lua") -> str:
-    """A wrk script: its CONFIG, the prelude every script shares, then the script `name`."""
+def wrk_script(name: str, config: Mapping[str, LuaValue]) -> str:
+    """A wrk script: `local CONFIG = {...}`, the prelude every script shares (common.lua), then
+    the script `name`."""
+    table = ",\n  ".join(f"{key} = {_lua(value)}" for key, value in config.items())
     files = resources.files("stockkeeper.bench")
-    return config + files.joinpath("common.lua").read_text() + files.joinpath(name).read_text()
+    prelude = files.joinpath("common.lua").read_text()
+    return f"local CONFIG = {{\n  {table}\n}}\n{prelude}{files.joinpath(name).read_text()}"
+
+
+def lua_targets(targets: Sequence[tuple[str, int]]) -> list[LuaValue]:
+    """(host, port) pairs as wrk.lookup takes them: both strings."""
+    return [[host, str(port)] for host, port in targets]
 
 
 def schedule_from_now(
@@ -253,9 +240,24 @@ def run_load(
     duration_s = math.ceil(lead_s + schedule.warmup_s + schedule.window_s + schedule.drain_s)
     with tempfile.TemporaryDirectory(prefix="sk-load-") as workdir:
         records_dir = Path(workdir)
-        config = lua_config(targets, admin_token, clerk_token, mix, schedule, records_dir, seed)
+        config: dict[str, LuaValue] = {
+            "targets": lua_targets(targets),
+            "admin_token": admin_token,
+            "clerk_token": clerk_token,
+            "skus": mix.skus,
+            "zipf": mix.zipf,
+            "read_share": mix.read_share,
+            "restock_share": mix.restock_share,
+            "sku_format": SKU_FORMAT,
+            "connections": schedule.connections,
+            "interval_us": schedule.interval_us,
+            "start_us": schedule.start_us,
+            "end_us": schedule.end_us,
+            "records_dir": str(records_dir),
+            "seed": seed,
+        }
         script_path = records_dir / "openloop.lua"
-        script_path.write_text(script(config))
+        script_path.write_text(wrk_script("openloop.lua", config))
         host, port = targets[0]
         command = [
             WRK,

@@ -13,9 +13,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, TextIO
 
-from prometheus_client.parser import text_string_to_metric_families
-
 from stockkeeper.bench.oversell import REQUEST_TIMEOUT_S, Progress, call_json, outcome_key
+from stockkeeper.bench.scrape import scrape, total
 
 if TYPE_CHECKING:
     import aiohttp
@@ -78,13 +77,7 @@ def report(result: Result) -> str:
 
 
 async def _db_reads(session: aiohttp.ClientSession, url: str) -> float:
-    async with session.get(f"{url}/metrics") as answer:
-        text = await answer.text()
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == DB_READS:
-                return float(sample.value)
-    return 0.0
+    return total(await scrape(session, url), DB_READS)
 
 
 async def run_stampede(
@@ -102,7 +95,7 @@ async def run_stampede(
 
     prefix = f"BENCH-COLD-{uuid.uuid4().hex[:8]}"
     skus = [f"{prefix}-{n}" for n in range(keys)]
-    total = keys * reads_per_key
+    all_reads = keys * reads_per_key
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
     connector = aiohttp.TCPConnector(limit=concurrency + len(urls))
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
@@ -115,8 +108,8 @@ async def run_stampede(
         before = [await _db_reads(session, url) for url in urls]
         outcomes: Counter[str] = Counter()
         wrong = 0
-        numbers = iter(range(total))
-        progress = Progress(total, progress_stream)
+        numbers = iter(range(all_reads))
+        progress = Progress(all_reads, progress_stream)
 
         async def reader() -> None:
             nonlocal wrong
@@ -139,7 +132,7 @@ async def run_stampede(
         ticker = asyncio.create_task(progress.run())
         started = time.perf_counter()
         try:
-            await asyncio.gather(*(reader() for _ in range(min(concurrency, total))))
+            await asyncio.gather(*(reader() for _ in range(min(concurrency, all_reads))))
         finally:
             wall_s = time.perf_counter() - started
             ticker.cancel()

@@ -1,15 +1,18 @@
 -- The purchase storm of `stockkeeper bench oversell` (driven by storm.py, which prepends
 -- `local CONFIG = {...}` and common.lua): closed loop, thread n drives server n with its share
 -- of the attempts over several connections, counts every answer by status and problem code, and
--- writes what it saw to a file every 100 answers and when its last answer arrives, so the runner
--- can show progress and stop wrk at once.
+-- writes what it saw to a file every 100 answers and at its last answer, so the runner can show
+-- progress and stop wrk as soon as every thread's count reaches its share.
 
 local quota, sent, answered, outcomes, first_us, purchase
 
-local function write_file(name, text)
-  local file = io.open(CONFIG.out_dir .. "/" .. name .. "-" .. id .. ".txt", "w")
+local function write_state(text)
+  -- Written aside, then renamed over the last one: the runner never reads half a file.
+  local path = CONFIG.out_dir .. "/state-" .. id .. ".txt"
+  local file = io.open(path .. ".tmp", "w")
   file:write(text)
   file:close()
+  os.rename(path .. ".tmp", path)
 end
 
 function init(args)
@@ -52,9 +55,6 @@ function response(status, headers, body)
   end
   outcomes[key] = (outcomes[key] or 0) + 1
   if answered % 100 == 0 or answered == quota then
-    write_file("state", state()) -- what the runner reports if this thread never finishes
-  end
-  if answered == quota then
-    write_file("done", "")
+    write_state(state())
   end
 end

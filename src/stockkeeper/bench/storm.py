@@ -14,8 +14,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from stockkeeper.bench.loadgen import WRK, require_wrk, target_of
-from stockkeeper.bench.loadgen import script as lua_script
+from stockkeeper.bench.loadgen import (
+    WRK,
+    LuaValue,
+    lua_targets,
+    require_wrk,
+    target_of,
+    wrk_script,
+)
 
 RUN_S_MAX = 600  # wrk's own deadline; a healthy storm ends long before
 ANSWER_TIMEOUT_S = 30
@@ -27,7 +33,6 @@ STOP_S_MAX = 10.0
 class StormResult:
     outcomes: Counter[str]
     wall_s: float  # first purchase sent to last answer received, over all threads
-    wrk_output: str
 
 
 def quotas(attempts: int, servers: int) -> list[int]:
@@ -35,26 +40,14 @@ def quotas(attempts: int, servers: int) -> list[int]:
     return [attempts // servers + (1 if n < attempts % servers else 0) for n in range(servers)]
 
 
-def _config(
-    urls: Sequence[str], clerk_token: str, sku: str, shares: Sequence[int], out_dir: Path
-) -> str:
-    targets = ", ".join('{{"{}", "{}"}}'.format(*target_of(url)) for url in urls)
-    for text in (clerk_token, sku, str(out_dir)):
-        assert '"' not in text and "\\" not in text
-    return (
-        f"local CONFIG = {{targets = {{{targets}}}, quotas = {{{', '.join(map(str, shares))}}},"
-        f' clerk_token = "{clerk_token}", sku = "{sku}", out_dir = "{out_dir}"}}\n'
-    )
-
-
 def _state(out_dir: Path, thread: int) -> tuple[int, int, Counter[str]]:
     """(first send, latest answer, outcomes so far) of one thread, from its last state file."""
+    outcomes: Counter[str] = Counter()
     try:
         first_line, *rest = (out_dir / f"state-{thread}.txt").read_text().splitlines()
-        first_us, last_us = map(int, first_line.split())
-    except (OSError, ValueError):  # not written yet, or caught mid-write
-        return 0, 0, Counter()
-    outcomes: Counter[str] = Counter()
+    except OSError:  # not written yet
+        return 0, 0, outcomes
+    first_us, last_us = map(int, first_line.split())
     for line in rest:
         count, key = line.split(" ", 1)
         outcomes[key] += int(count)
@@ -78,7 +71,14 @@ def run_storm(
     with tempfile.TemporaryDirectory(prefix="sk-storm-") as workdir:
         out_dir = Path(workdir)
         script = out_dir / "storm.lua"
-        script.write_text(lua_script(_config(urls, clerk_token, sku, shares, out_dir), "storm.lua"))
+        config: dict[str, LuaValue] = {
+            "targets": lua_targets([target_of(url) for url in urls]),
+            "quotas": shares,
+            "clerk_token": clerk_token,
+            "sku": sku,
+            "out_dir": str(out_dir),
+        }
+        script.write_text(wrk_script("storm.lua", config))
         command = [
             WRK,
             f"-t{servers}",
@@ -90,38 +90,37 @@ def run_storm(
             urls[0],
         ]
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        busy = [n + 1 for n in range(servers) if shares[n] > 0]
+        threads = range(1, servers + 1)
         answered, moved_at = 0, time.monotonic()
         try:
             while process.poll() is None:
-                if all((out_dir / f"done-{n}.txt").exists() for n in busy):
-                    break
-                now = sum(sum(_state(out_dir, n)[2].values()) for n in busy)
-                if now != answered:
-                    answered, moved_at = now, time.monotonic()
+                counts = [sum(_state(out_dir, n)[2].values()) for n in threads]
+                if counts == shares:
+                    break  # every answer is in
+                if sum(counts) != answered:
+                    answered, moved_at = sum(counts), time.monotonic()
                     on_progress(answered)
                 elif time.monotonic() - moved_at > ANSWER_TIMEOUT_S:
                     break  # lost requests: report what came back
                 time.sleep(POLL_S)
-            if process.poll() is None:
+            stopped = process.poll() is None
+            if stopped:
                 process.send_signal(signal.SIGINT)  # wrk stops and prints its summary
             output, _ = process.communicate(timeout=STOP_S_MAX)
         finally:
             if process.poll() is None:
                 process.kill()
                 process.wait()
-        outcomes: Counter[str] = Counter()
-        firsts, lasts = [], []
-        for n in busy:
-            first_us, last_us, counted = _state(out_dir, n)
-            if counted:
-                firsts.append(first_us)
-                lasts.append(last_us)
-                outcomes += counted
+        if not stopped and process.returncode != 0:
+            text = output.decode(errors="replace").strip()
+            raise RuntimeError(f"wrk exited with {process.returncode}: {text[-2000:]}")
+        states = [_state(out_dir, n) for n in threads]
+    outcomes: Counter[str] = sum((counted for _, _, counted in states), Counter())
     missing = attempts - sum(outcomes.values())
     if missing:
         outcomes["transport: no answer before wrk stopped"] += missing
-    text = output.decode(errors="replace")
-    wall_s = (max(lasts) - min(firsts)) / 1e6 if firsts else float("nan")
+    started = [first for first, _, counted in states if counted]
+    ended = [last for _, last, counted in states if counted]
+    wall_s = (max(ended) - min(started)) / 1e6 if started else float("nan")
     on_progress(sum(outcomes.values()))
-    return StormResult(outcomes, wall_s, text)
+    return StormResult(outcomes, wall_s)
