@@ -8,7 +8,7 @@ wraps that one path.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -69,18 +69,23 @@ class Inventory:
         cache_url: str = DEFAULT_CACHE_URL,
         redis_options: RedisCacheOptions | None = None,
         migrate: bool = True,
+        cache: Callable[[Store], Awaitable[ReadCache]] | None = None,
     ) -> Inventory:
         """Connect to the database (creating or upgrading its schema) and start the cache
-        `cache_url` names: `memory://` (in-process) or `redis://…` (shared)."""
+        `cache_url` names: `memory://` (in-process) or `redis://…` (shared); or, given
+        `cache`, the one it opens over the store (an embedder's own, a benchmark's baseline)."""
         store = await open_store(database_url, options)
         try:
             if migrate:
                 await store.migrate()
-            cache = await open_cache(cache_url, store, redis_options)
+            if cache is None:
+                opened = await open_cache(cache_url, store, redis_options)
+            else:
+                opened = await cache(store)
         except BaseException:
             await store.close()
             raise
-        return cls(store, cache)
+        return cls(store, opened)
 
     async def start(self) -> None:
         """Begin what a long-running server needs: the token snapshot checked in the

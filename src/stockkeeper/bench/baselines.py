@@ -25,7 +25,7 @@ from stockkeeper.domain import Change, Item, ItemRead
 from stockkeeper.http.app import App, configure_worker_logging, settings_from_environment
 from stockkeeper.http.messages import Receive, Scope, Send
 from stockkeeper.service import Inventory
-from stockkeeper.store import Store, open_store
+from stockkeeper.store import Store
 
 NAIVE_TTL_S = 300
 REDIS_SCHEMES = ("redis://", "unix://")
@@ -110,23 +110,20 @@ def create_naive_app() -> App:
     settings = settings_from_environment()
     _require_redis(settings.cache_url)
 
-    async def open_inventory() -> Inventory:
-        store = await open_store(settings.database_url, settings.store_options)
-        try:
-            await store.migrate()
-            timeout_ms = settings.redis_options.timeout_ms
-            client = RespClient.from_url(
-                settings.cache_url, timeout_ms=timeout_ms, connect_timeout_ms=timeout_ms
-            )
-            keys = Keys.for_database(await store.token_key())
-            cache = NaiveCacheAside(client, store, keys, ttl_s=NAIVE_TTL_S, on_write="delete")
-            await cache.start()
-        except BaseException:
-            await store.close()
-            raise
-        return Inventory(store, cache)
+    async def naive_cache(store: Store) -> NaiveCacheAside:
+        timeout_ms = settings.redis_options.timeout_ms
+        client = RespClient.from_url(
+            settings.cache_url, timeout_ms=timeout_ms, connect_timeout_ms=timeout_ms
+        )
+        keys = Keys.for_database(await store.token_key())
+        return NaiveCacheAside(client, store, keys, ttl_s=NAIVE_TTL_S, on_write="delete")
 
-    return App(open_inventory)
+    async def open_inventory() -> Inventory:
+        return await Inventory.open(
+            settings.database_url, settings.store_options, cache=naive_cache
+        )
+
+    return App(open_inventory, settings.in_flight_max)
 
 
 async def _hello(scope: Scope, receive: Receive, send: Send) -> None:
