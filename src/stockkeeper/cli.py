@@ -10,7 +10,7 @@ import socket
 import sys
 import tempfile
 from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -18,6 +18,9 @@ from stockkeeper.cache import DEFAULT_CACHE_URL, ping_cache
 from stockkeeper.domain import Role, StockkeeperError, TokenInfo, format_timestamp
 from stockkeeper.service import Inventory
 from stockkeeper.store import DEFAULT_DATABASE_URL, StoreOptions
+
+if TYPE_CHECKING:
+    from stockkeeper.bench.cluster import Cluster
 
 T = TypeVar("T")
 
@@ -264,32 +267,51 @@ def _bench(
 ) -> None:
     """Run `scenario(cluster)` on running servers or a local cluster; print its report, write
     its JSON, exit 1 when its verdict is WRONG (setup faults: one line, exit 1)."""
-    import json
     from contextlib import ExitStack
 
-    from stockkeeper.bench.cluster import Cluster, local_cluster
+    from stockkeeper.bench.cluster import local_cluster
     from stockkeeper.bench.oversell import exit_code
 
-    if urls and not (admin_token and clerk_token):
-        raise click.UsageError("--url needs --admin-token and --clerk-token")
+    given = _given_cluster(urls, admin_token, clerk_token)
     try:
         with ExitStack() as stack:
-            if urls:
-                cluster = Cluster([u.rstrip("/") for u in urls], str(admin_token), str(clerk_token))
-            else:
-                cluster = stack.enter_context(
-                    local_cluster(servers, workers, database_url, cache_url, admin_token)
-                )
+            cluster = given or stack.enter_context(
+                local_cluster(servers, workers, database_url, cache_url, admin_token)
+            )
             result, text = asyncio.run(scenario(cluster))
     except ImportError as error:
         raise click.ClickException(f"{error}: install the bench extra") from None
-    except Exception as error:  # setup or transport faults: one line, exit 1
-        raise click.ClickException((str(error).splitlines() or [repr(error)])[0]) from None
+    except Exception as error:
+        raise _fault(error) from None
     click.echo(text)
-    if json_path is not None:
-        with open(json_path, "w") as out:
-            json.dump(result.to_json(), out, indent=2)
+    _write_json(json_path, result.to_json())
     sys.exit(exit_code(result.problems))
+
+
+def _given_cluster(
+    urls: tuple[str, ...], admin_token: str | None, clerk_token: str | None
+) -> Cluster | None:
+    """The running servers `--url` names (a bench Cluster), or None to start one."""
+    if not urls:
+        return None
+    if not (admin_token and clerk_token):
+        raise click.UsageError("--url needs --admin-token and --clerk-token")
+    from stockkeeper.bench.cluster import Cluster
+
+    return Cluster([url.rstrip("/") for url in urls], admin_token, clerk_token)
+
+
+def _fault(error: Exception) -> click.ClickException:
+    """A setup or transport fault of a bench run: its first line, exit status 1."""
+    return click.ClickException((str(error).splitlines() or [repr(error)])[0])
+
+
+def _write_json(path: str | None, data: Any) -> None:
+    if path is not None:
+        import json
+
+        with open(path, "w") as out:
+            json.dump(data, out, indent=2)
 
 
 @bench.command("oversell")
@@ -408,11 +430,9 @@ def bench_mixed(
     against each system in turn, each on a fresh local cluster (or once against --url). Reports
     latency from intended send times, hit rate, visibility lag and every answer judged against
     the audit log. Exit status 1 when stockkeeper answered wrong."""
-    import json
     from pathlib import Path
 
     try:
-        from stockkeeper.bench.cluster import Cluster
         from stockkeeper.bench.loadgen import Mix
         from stockkeeper.bench.mixed import (
             SYSTEMS,
@@ -429,16 +449,13 @@ def bench_mixed(
     unknown = sorted(set(names) - set(SYSTEMS))
     if unknown or not names:
         raise click.BadParameter(f"unknown systems {unknown}; choose from {sorted(SYSTEMS)}")
-    urls, admin_token, clerk_token = where["urls"], where["admin_token"], where["clerk_token"]
-    if urls and not (admin_token and clerk_token):
-        raise click.UsageError("--url needs --admin-token and --clerk-token")
+    given = _given_cluster(where["urls"], where["admin_token"], where["clerk_token"])
     options = MixedOptions(
         rate, seconds, warmup, connections, Mix(read_share, restock_share, skus, zipf)
     )
     try:
-        if urls:
-            cluster = Cluster([u.rstrip("/") for u in urls], admin_token, clerk_token)
-            runs = [run_on_urls(cluster, options, sys.stderr)]
+        if given is not None:
+            runs = [run_on_urls(given, options, sys.stderr)]
         else:
             runs = run_mixed(
                 names,
@@ -449,13 +466,12 @@ def bench_mixed(
                 lambda line: click.echo(line, err=True),
                 sys.stderr,
             )
-    except Exception as error:  # setup or transport faults: one line, exit 1
-        raise click.ClickException((str(error).splitlines() or [repr(error)])[0]) from None
-    result = result_json(runs, len(urls) or where["servers"], where["workers"], options)
+    except Exception as error:
+        raise _fault(error) from None
+    result = result_json(runs, len(where["urls"]) or where["servers"], where["workers"], options)
     click.echo(render(result))
     if report_dir is not None:
         for path in write_report(result, Path(report_dir)):
             click.echo(f"wrote {path}", err=True)
-    if where["json_path"] is not None:
-        Path(where["json_path"]).write_text(json.dumps(result, indent=2))
+    _write_json(where["json_path"], result)
     sys.exit(exit_code(runs))
