@@ -173,29 +173,41 @@ def targets(systems: Sequence[dict[str, Any]], read_share: float) -> list[Target
     if mine is None:
         return []
 
-    def at_least(name: str, value: float | None, limit: float, unit: str = "") -> Target:
-        return Target(name, value, limit, value is not None and value >= limit, unit)
-
-    def at_most(name: str, value: float | None, limit: float, unit: str = "") -> Target:
-        return Target(name, value, limit, value is not None and value <= limit, unit)
+    def judged(
+        name: str, value: float | None, limit: float, ok: Callable[[float], bool], unit: str = ""
+    ) -> Target:
+        return Target(name, value, limit, value is not None and ok(value), unit)
 
     hit_target = TARGET_HIT_RATE if read_share > 0.7 else TARGET_HIT_RATE_WRITE_HEAVY
+    rate, lag = mine["achieved_rate_per_s"], _get(mine, "visibility_probe.lag_ms")
     found = [
-        Target(
+        judged(
             "answered rate",
-            mine["achieved_rate_per_s"],
+            rate,
             TARGET_RATE_PER_S,
-            mine["achieved_rate_per_s"] >= RATE_TOLERANCE * TARGET_RATE_PER_S,
+            lambda v: v >= RATE_TOLERANCE * TARGET_RATE_PER_S,
             " req/s",
         ),
-        at_most("GET p99", _get(mine, "latency.get.p99_ms"), TARGET_GET_P99_MS, " ms"),
-        at_least("hit rate", mine["hit_rate"], hit_target),
-        at_most("lag p99", _get(mine, "visibility_probe.lag_ms.p99_ms"), TARGET_LAG_P99_MS, " ms"),
-        Target(
+        judged(
+            "GET p99",
+            _get(mine, "latency.get.p99_ms"),
+            TARGET_GET_P99_MS,
+            lambda v: v <= TARGET_GET_P99_MS,
+            " ms",
+        ),
+        judged("hit rate", mine["hit_rate"], hit_target, lambda v: v >= hit_target),
+        judged(
+            "lag p99",
+            _get(lag, "p99_ms"),
+            TARGET_LAG_P99_MS,
+            lambda v: v <= TARGET_LAG_P99_MS,
+            " ms",
+        ),
+        judged(
             "lag max",
-            _get(mine, "visibility_probe.lag_ms.max_ms"),
+            _get(lag, "max_ms"),
             TARGET_LAG_MAX_MS,
-            (_get(mine, "visibility_probe.lag_ms.max_ms") or TARGET_LAG_MAX_MS) < TARGET_LAG_MAX_MS,
+            lambda v: v < TARGET_LAG_MAX_MS,
             " ms",
         ),
     ]
@@ -204,7 +216,9 @@ def targets(systems: Sequence[dict[str, Any]], read_share: float) -> list[Target
         share = _ratio(mine["achieved_rate_per_s"], hello["achieved_rate_per_s"])
         saturated = mine["achieved_rate_per_s"] < 0.95 * mine["offered_rate_per_s"]
         name = "share of hello's rate" + ("" if saturated else " (not saturated: offered too low)")
-        found.append(at_least(name, share, TARGET_SHARE_OF_HELLO))
+        found.append(
+            judged(name, share, TARGET_SHARE_OF_HELLO, lambda v: v >= TARGET_SHARE_OF_HELLO)
+        )
     return found
 
 
