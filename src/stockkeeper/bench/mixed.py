@@ -203,14 +203,15 @@ class SystemRun:
         """Wrong answers only: an overloaded server may answer 503 or not at all, but what it
         answers must be true."""
         found = []
-        if self.wrong_statuses():
-            found.append(f"{self.wrong_statuses()} answers neither 200 nor 503")
+        if wrong := self.wrong_statuses():
+            found.append(f"{wrong} answers neither 200 nor 503")
         found += [f"{count} {kind} reads" for kind, count in self.violations.items() if count]
         return found
 
     def to_json(self) -> dict[str, Any]:
         get, writes, every = ("get",), ("purchase", "restock"), ("get", "purchase", "restock")
         wrk_requests = len(self.load.records)
+        problems = self.problems()
         server = {
             "db_reads_per_get": _ratio(
                 total(self.metrics, DB_READS),
@@ -267,8 +268,8 @@ class SystemRun:
                 "command": self.load.command,
             },
             "throughput_per_s": {"bucket_s": THROUGHPUT_BUCKET_S, "values": self.throughput()},
-            "problems": self.problems(),
-            "verdict": "CORRECT" if not self.problems() else "WRONG",
+            "problems": problems,
+            "verdict": "CORRECT" if not problems else "WRONG",
         }
 
 
