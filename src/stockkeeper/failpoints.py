@@ -31,6 +31,7 @@ POINTS = frozenset(
         "store.write.before_commit",
         "service.read.after_fetch",
         "cache.push.before",
+        "cache.reset.after_delete",
     }
 )
 

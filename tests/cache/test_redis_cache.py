@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from stockkeeper import failpoints, metrics
+from stockkeeper.cache import scripts
 from stockkeeper.cache.base import DirectReads
 from stockkeeper.cache.redis import RedisCache
 from stockkeeper.cache.resp import CacheUnavailable, RespClient
@@ -103,6 +104,100 @@ async def test_g1_redis_emptied_mid_fill_serves_nothing_older(
         hold.release()
         await slow
     expect(kind, (await b.read(sku)).version >= served.version == 2)
+
+
+def paused_replies(server: Server) -> asyncio.Transport:
+    """Stop this server reading Redis's replies: Redis runs what it was sent, and the process
+    cannot yet see what came of it."""
+    transport = server.cache._client._connection._transport  # type: ignore[attr-defined]
+    transport.pause_reading()
+    return transport
+
+
+async def evalsha_calls(redis: RespClient) -> int:
+    stats = (await redis.call("INFO", "commandstats")).decode()
+    line = next(line for line in stats.splitlines() if line.startswith("cmdstat_evalsha:"))
+    return int(line.split("calls=")[1].split(",")[0])
+
+
+async def test_g1_a_reader_arriving_after_redis_filled_a_load_does_not_join_it(
+    open_server: OpenServer, redis: RespClient, sku: str
+) -> None:
+    """A's load of v1 has been FILLED in Redis; A has not read the reply. B commits v2 and
+    serves it. A reader that begins on A now must not be handed the load's v1."""
+    a, b = await open_server(**NO_FEED), await open_server(**NO_FEED)
+    await a.inventory.set_stock(sku, 5, user="t")
+    async with held("service.read.after_fetch") as hold:
+        first = asyncio.create_task(a.read(sku))
+        await hold.reached()
+        replies = paused_replies(a)
+        hold.release()
+
+        async def filled() -> bool:
+            return await redis.call("HGET", a.key(sku), "q") == b"5"
+
+        assert await eventually(filled, 2)
+    await buy(b, sku)
+    served = await b.read(sku)
+    later = asyncio.create_task(a.read(sku))
+    await asyncio.sleep(0.01)
+    replies.resume_reading()
+    assert (await first).version == 1
+    assert (await later).version >= served.version == 2
+
+
+async def test_g1_a_reader_arriving_after_redis_answered_a_waiting_load_does_not_join_it(
+    open_server: OpenServer, redis: RespClient, sku: str
+) -> None:
+    """A waits for another filler's value; its poll has been answered with v1 in Redis, and A
+    has not read the reply. B commits v2 and serves it. A later reader on A must see v2."""
+    poll_ms = 200.0
+    a = await open_server(wait_poll_ms=poll_ms, lease_wait_ms_max=5_000.0, **NO_FEED)
+    b = await open_server(**NO_FEED)
+    await a.inventory.set_stock(sku, 5, user="t")
+    other = "another-filler"
+    await redis.evalsha(scripts.READ, (a.key(sku),), (other, 10_000, 10_000))
+    first = asyncio.create_task(a.read(sku))
+
+    async def waiting() -> bool:
+        return sku in a.cache._loads  # type: ignore[attr-defined]
+
+    assert await eventually(waiting, 2)  # A got WAIT and sleeps until its next poll
+    replies = paused_replies(a)
+    await redis.evalsha(scripts.FILL, (a.key(sku),), (other, 1, 5, 60_000))
+    calls = await evalsha_calls(redis)
+
+    async def polled() -> bool:
+        return await evalsha_calls(redis) > calls  # A's poll ran, its answer unread
+
+    assert await eventually(polled, 2 * poll_ms / 1000 + 1)
+    await buy(b, sku)
+    served = await b.read(sku)
+    later = asyncio.create_task(a.read(sku))
+    await asyncio.sleep(0.01)
+    replies.resume_reading()
+    assert (await first).version == 1
+    assert (await later).version >= served.version == 2
+    assert a.db_reads == []  # A was served by the other filler, as the scenario meant
+
+
+async def test_g1_no_such_item_is_not_shared_with_a_reader_that_began_after_it_was_read(
+    open_server: OpenServer, sku: str
+) -> None:
+    """A's load found no such item; then B creates the item and serves it; a reader that
+    began on A after that must not be told it does not exist."""
+    a, b = await open_server(**NO_FEED), await open_server(**NO_FEED)
+    async with held("service.read.after_fetch") as hold:
+        first = asyncio.create_task(a.cache.read(sku))
+        await hold.reached()
+        await b.inventory.set_stock(sku, 5, user="t")
+        served = await b.read(sku)
+        later = asyncio.create_task(a.cache.read(sku))
+        await asyncio.sleep(0.01)
+        hold.release()
+        assert await first is None
+        read = await later
+    assert served == Item(sku, 5, 1) and read is not None and read.item == served
 
 
 # --- G2: visible everywhere, also when the writer dies after COMMIT ----------------------------
@@ -312,6 +407,37 @@ async def test_g5_more_changes_than_the_pending_set_keeps_reset_the_cache(
 
     assert await eventually(recovered, 5)
     assert [(await a.read(one)).version for one in skus] == [2, 2, 2]
+
+
+@pytest.mark.parametrize("changed", [1, 2], ids=["kept", "overflowing-again"])
+async def test_g5_writes_made_while_recovery_resets_the_cache_are_pushed_before_any_hit(
+    open_server: OpenServer, sku: str, changed: int
+) -> None:
+    """Recovery from an overflowed pending set deletes every key. Meanwhile B refills X (v2)
+    and this process commits v3: once it serves hits again, it must serve v3, not B's v2. With
+    two SKUs written meanwhile the pending set overflows again, and the reset starts over."""
+    a = await open_server(pending_skus_max=1, recovery_probe_ms=20.0, **NO_FEED)
+    b = await open_server(**NO_FEED)
+    assert isinstance(a.cache, RedisCache)
+    skus = [f"{sku}-x", f"{sku}-y"]
+    for one in skus:
+        await a.inventory.set_stock(one, 5, user="t")
+        await a.read(one)
+    async with held("cache.reset.after_delete") as hold:
+        for one in skus:
+            await write_then_die(b, one)
+        await a.cache._tailer.step()  # two changed SKUs, one kept: overflow, trip, reset
+        await hold.reached()
+        assert [(await b.read(one)).version for one in skus] == [2, 2]
+        mine = [await buy(a, one) for one in skus[:changed]]
+        hold.release()
+
+        async def recovered() -> bool:
+            return a.cache.up  # type: ignore[attr-defined]
+
+        assert await eventually(recovered, 5)
+    versions = [(await a.read(change.sku)).version for change in mine]
+    assert versions == [change.version for change in mine] == [3] * changed
 
 
 @pytest.mark.parametrize("kind", ["coherent", "none"])

@@ -494,3 +494,47 @@ def test_works_on_uvloop(prefix: str) -> None:
             await witness.aclose()
 
     uvloop.run(scenario())
+
+
+@pytest.mark.parametrize("loss", ["reset", "closing"])
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_connection_lost_while_connecting_fails_its_callers_at_once(loop: str, loss: str) -> None:
+    """G2, G5: Redis resets a fresh connection (at `maxclients`, or restarting) before the
+    callers waiting on the connect resume. A command queued on it then would wait forever: its
+    pending calls were already failed and its watchdog stopped (asyncio drops the write; uvloop
+    raises RuntimeError, which is no cache error). It must fail at once with CacheUnavailable.
+    `reset`: the loss has been handled; `closing`: the transport is closed, the loss not yet
+    handled."""
+
+    async def reset(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.transport.abort()
+
+    async def scenario() -> None:
+        server = await asyncio.start_server(reset, HOST, 0)
+        port = server.sockets[0].getsockname()[1]
+        client = RespClient.from_url(f"redis://{HOST}:{port}/0", timeout_ms=100)
+        real_open = client._open
+
+        async def open_then_lose() -> Any:
+            connection = await real_open()
+            if loss == "reset":
+                await within(connection.closed, 1)
+            else:
+                connection._transport.close()
+            return connection
+
+        client._open = open_then_lose  # type: ignore[method-assign]
+        try:
+            for command in (
+                lambda: client.call("PING"),
+                lambda: client.pipeline([("PING",), ("PING",)]),
+            ):
+                took, error = await elapsed(command())
+                assert isinstance(error, CacheUnavailable), error
+                assert took < 1, took
+        finally:
+            await client.close()
+            server.close()
+            await server.wait_closed()
+
+    (uvloop.run if loop == "uvloop" else asyncio.run)(scenario())

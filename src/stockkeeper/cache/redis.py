@@ -13,7 +13,7 @@ import math
 import random
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,10 +52,33 @@ class RedisCacheOptions:
 
 @dataclass(slots=True)
 class _Load:
-    """One database load of a SKU that this process's readers share (single-flight)."""
+    """One database load of a SKU that this process's readers share (single-flight).
+
+    A joiner may only be given a result decided after it joined (docs/cache.md, G1): so no one
+    joins while a command whose reply decides the result is in flight (`joinable`), and a
+    "no such item" found by a database read that began before a joiner arrived is not its to
+    share (`fetches`, `found_nothing_at`)."""
 
     task: asyncio.Task[tuple[Item | None, bool]] = field(init=False)
     joinable: bool = True
+    fetches: int = 0  # database reads this load has begun
+    found_nothing_at: int = 0  # which of them found no such item (0: none)
+
+    async def fetch(self, store: Store, sku: str) -> Item | None:
+        self.fetches += 1
+        item = await read_database(store, sku)
+        if item is None:
+            self.found_nothing_at = self.fetches
+        return item
+
+    async def deciding(self, command: Awaitable[Any]) -> Any:
+        """Run a command whose reply may decide the result: Redis executes it at a moment this
+        process cannot see, so no reader may join until the reply is handled."""
+        self.joinable = False
+        try:
+            return await command
+        finally:
+            self.joinable = True
 
 
 class RedisCache:
@@ -159,7 +182,7 @@ class RedisCache:
         if min_version is None:
             load = self._loads.get(sku)
             if load is not None and load.joinable:
-                return await self._join(load)
+                return await self._join(sku, load)
         try:
             reply = await self._read_script(sku)
         except CACHE_ERRORS as error:
@@ -199,15 +222,11 @@ class RedisCache:
         if min_version is not None:
             # The cache is behind the caller, or empty: no lease or shared load could promise
             # min_version (another filler may bring an older value), the database can.
-            try:
-                return self._answer(*await self._read_through(sku))
-            except CACHE_ERRORS as error:
-                self._trip(error)
-                return await self._database.read(sku)
+            return self._answer(*await self._read_through_or_database(sku))
         load = self._loads.get(sku)
         if load is None or not load.joinable:
             load = self._start_load(sku, ReadReply(reply[0]), reply[1])
-        return await self._join(load)
+        return await self._join(sku, load)
 
     def _start_load(self, sku: str, kind: ReadReply, incarnation: bytes) -> _Load:
         load = _Load()
@@ -220,8 +239,13 @@ class RedisCache:
         if self._loads.get(sku) is load:
             del self._loads[sku]
 
-    async def _join(self, load: _Load) -> ItemRead | None:
+    async def _join(self, sku: str, load: _Load) -> ItemRead | None:
+        fetches_seen = load.fetches
         item, from_db = await asyncio.shield(load.task)
+        if item is None and load.found_nothing_at <= fetches_seen:
+            # "No such item" was read before this reader began: the item may have been created,
+            # and served by another server, since. Only a read that began after it may say so.
+            item, from_db = await self._read_through_or_database(sku)
         return self._answer(item, from_db)
 
     @staticmethod
@@ -230,63 +254,76 @@ class RedisCache:
         return None if item is None else ItemRead(item, cache_hit=not from_db)
 
     async def _fetch(
-        self, sku: str, kind: ReadReply, incarnation: bytes, load: _Load | None
+        self, sku: str, kind: ReadReply, incarnation: bytes, load: _Load
     ) -> tuple[Item | None, bool]:
         """(item, whether this server read the database for it). See docs/cache.md, "The read
         path", steps 3-4."""
         try:
             if kind == ReadReply.WAIT:
-                waited = await self._wait_for_filler(sku)
+                waited = await self._wait_for_filler(sku, load)
                 if isinstance(waited, Item):
                     return waited, False
                 incarnation = waited
             for _ in range(self.options.load_attempts_max - 1):
                 started = time.perf_counter()
-                item = await read_database(self._store, sku)
+                item = await load.fetch(self._store, sku)
                 await failpoints.hit("service.read.after_fetch")
                 if item is None:
                     # No such item: free the lease rather than make other servers wait it out
                     # (deleting a key is always safe: every fill registered in it is LOST).
                     await self._client.call("DEL", self.keys.item(sku))
                     return None, True
-                reply = await self._client.evalsha(
-                    scripts.FILL,
-                    (self.keys.item(sku),),
-                    (incarnation, item.version, item.on_hand, self._ttl_ms),
+                reply = await load.deciding(
+                    self._client.evalsha(
+                        scripts.FILL,
+                        (self.keys.item(sku),),
+                        (incarnation, item.version, item.on_hand, self._ttl_ms),
+                    )
                 )
                 self._load_ms += ((time.perf_counter() - started) * 1000 - self._load_ms) / 8
                 if reply[0] == FillReply.FILLED:
                     return item, True
                 if reply[0] == FillReply.NEWER:
                     return Item(sku, int(reply[2]), int(reply[1])), True
-                again = await self._read_script(sku)  # LOST or FLOOR: register anew
+                again = await load.deciding(self._read_script(sku))  # LOST or FLOOR: anew
                 if again[0] == ReadReply.HIT:
                     return Item(sku, int(again[2]), int(again[1])), True
                 incarnation = again[1]
-            # Last attempt: what it reads must be new to every joiner, so it takes none.
-            if load is not None:
-                load.joinable = False
-            return await self._read_through(sku)
+            # Last attempt: the database read decides, so it must begin after every joiner.
+            load.joinable = False
+            return await self._read_through(sku, load)
         except CACHE_ERRORS as error:
+            load.joinable = False
             self._trip(error)
-            return await read_database(self._store, sku), True
+            return await load.fetch(self._store, sku), True
+        finally:
+            # Decided: no one may join between the task's end and `_forget` a loop turn later.
+            load.joinable = False
 
-    async def _read_through(self, sku: str) -> tuple[Item | None, bool]:
+    async def _read_through(self, sku: str, load: _Load) -> tuple[Item | None, bool]:
         """Read the database now and push what it says before serving it: newer than anything
         served before this call began, and nothing served after it can be older."""
-        item = await read_database(self._store, sku)
+        item = await load.fetch(self._store, sku)
         if item is not None:
             await self._push(item)
         return item, True
 
-    async def _wait_for_filler(self, sku: str) -> Item | bytes:
+    async def _read_through_or_database(self, sku: str) -> tuple[Item | None, bool]:
+        """A read of this reader's own, begun now (no one shares it)."""
+        try:
+            return await self._read_through(sku, _Load())
+        except CACHE_ERRORS as error:
+            self._trip(error)
+            return await read_database(self._store, sku), True
+
+    async def _wait_for_filler(self, sku: str, load: _Load) -> Item | bytes:
         """Another process holds the fill lease: poll Redis (not the database) for its value.
         Returns the value, or the incarnation to load into ourselves."""
         deadline = time.monotonic() + self.options.lease_wait_ms_max / 1000
         incarnation = b""
         while time.monotonic() < deadline:
             await asyncio.sleep(self.options.wait_poll_ms / 1000)
-            reply = await self._read_script(sku)
+            reply = await load.deciding(self._read_script(sku))
             if reply[0] == ReadReply.HIT:
                 return Item(sku, int(reply[2]), int(reply[1]))
             incarnation = reply[1]
@@ -305,7 +342,7 @@ class RedisCache:
             return
         if len(self._refreshing) >= self.options.refreshes_in_flight_max:
             return
-        task = asyncio.ensure_future(self._fetch(sku, ReadReply.LEASE, incarnation, None))
+        task = asyncio.ensure_future(self._fetch(sku, ReadReply.LEASE, incarnation, _Load()))
         self._refreshing[sku] = task
         task.add_done_callback(lambda done: self._refreshed(sku, done))
 

@@ -189,8 +189,7 @@ class _Connection(asyncio.Protocol):
 
     def send(self, data: bytes) -> asyncio.Future[Any]:
         """Queue one packed command; the future gets its reply."""
-        if len(self._pending) >= self._pending_max:
-            raise CacheUnavailable(f"{self._pending_max} Redis commands already in flight")
+        self._check_open(1)
         waiter = self._loop.create_future()
         self._write(data)
         self._pending.append((waiter, self._loop.time()))
@@ -198,13 +197,22 @@ class _Connection(asyncio.Protocol):
 
     def send_many(self, data: bytes, count: int) -> list[asyncio.Future[Any]]:
         """Queue `count` packed commands; one future per reply."""
-        if len(self._pending) + count > self._pending_max:
-            raise CacheUnavailable(f"{self._pending_max} Redis commands already in flight")
+        self._check_open(count)
         sent = self._loop.time()
         waiters = [self._loop.create_future() for _ in range(count)]
         self._write(data)
         self._pending.extend((waiter, sent) for waiter in waiters)
         return waiters
+
+    def _check_open(self, count: int) -> None:
+        """A command queued on a lost connection would get no reply and no timeout: its
+        pending calls were failed and its watchdog stopped. A caller can get such a connection
+        from `_connect()` when the loss arrives before it resumes; and a closing transport
+        drops a write (asyncio) or raises RuntimeError (uvloop) until `connection_lost` runs."""
+        if self.lost or self._transport.is_closing():
+            raise CacheUnavailable("connection to Redis lost")
+        if len(self._pending) + count > self._pending_max:
+            raise CacheUnavailable(f"{self._pending_max} Redis commands already in flight")
 
     def _write(self, data: bytes) -> None:
         """Before the commands' pending entries are added: nothing pending means nothing is
@@ -219,7 +227,7 @@ class _Connection(asyncio.Protocol):
     def _flush(self) -> None:
         data = b"".join(self._outbox)
         self._outbox.clear()
-        if not self.lost:  # else its callers have failed already
+        if not (self.lost or self._transport.is_closing()):  # else its callers fail anyway
             self._transport.write(data)
 
     def fail(self, error: CacheUnavailable) -> None:

@@ -14,7 +14,7 @@ import logging
 import math
 from collections.abc import Callable, Iterable
 
-from stockkeeper import metrics
+from stockkeeper import failpoints, metrics
 from stockkeeper.cache import scripts
 from stockkeeper.cache.resp import CacheReplyError, CacheUnavailable, RespClient
 from stockkeeper.cache.scripts import PushReply
@@ -104,8 +104,15 @@ class FeedTailer:
             await self._ensure_positioned()
             self.add(await self._feed.poll())
             if self._overflowed:
-                await self._delete_every_key()
+                # Keep what is committed from now on: a change this process makes while the
+                # delete runs may meet a fill of an older state that another server read after
+                # the delete passed its key.
                 self._overflowed = False
+                self._pending.clear()
+                await self._delete_every_key()
+                await failpoints.hit("cache.reset.after_delete")
+                if self._overflowed:
+                    raise CacheUnavailable("the pending set overflowed again during the reset")
             await self._flush()
 
     async def _flush(self) -> None:
