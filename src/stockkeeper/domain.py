@@ -296,6 +296,13 @@ class Unavailable(StockkeeperError):
     retry_after_s: int | None = None
 
 
+class ReadsRefused(Unavailable):
+    """No read source was safe to serve in time (docs/cache.md, One read source); nothing
+    changed; the caller may try again after `retry_after_s`, here or on another server."""
+
+    retry_after_s = 1
+
+
 class Busy(Unavailable):
     """Overloaded: no database connection (or SQLite's writer) was free in time. Nothing
     changed; the caller may try again after `retry_after_s`."""

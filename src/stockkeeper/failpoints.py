@@ -32,6 +32,9 @@ POINTS = frozenset(
         "service.read.after_fetch",
         "cache.push.before",
         "cache.reset.after_delete",
+        "cache.read_mode.before_switch",
+        "cache.read_mode.before_activate",
+        "cache.read_mode.before_catch_up",
     }
 )
 

@@ -45,6 +45,22 @@ CACHE_TRIPS = Counter(
     "Times this process stopped trusting Redis (unreachable, late, or answering errors) and "
     "began reading from the database until it recovers.",
 )
+READ_MODE_SWITCHES = Counter(
+    "stockkeeper_read_mode_switches_total",
+    "Cluster read mode switches this process made (docs/cache.md, One read source), by the mode "
+    "switched to.",
+    ["mode"],
+)
+READ_MODE_VOTES = Counter(
+    "stockkeeper_read_mode_votes_total",
+    "Votes for database reads this process wrote while it could not reach Redis.",
+)
+READS_REFUSED = Counter(
+    "stockkeeper_reads_refused_total",
+    "Reads answered 503 because no source was safe to serve within read_wait_ms_max (this "
+    "process cannot reach Redis and the cluster has not yet switched to database reads, or "
+    "its lease could not be renewed).",
+)
 BUSY_REFUSALS = Counter(
     "stockkeeper_busy_refusals_total",
     "Requests answered 503 busy: no database connection free within pool_wait_ms_max, or "

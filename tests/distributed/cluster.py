@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,14 +41,23 @@ def running_servers(
     database_url: str,
     servers: int,
     workers: int = 1,
-    cache_url: str = "memory://",
+    cache_url: str | Sequence[str] = "memory://",
     env: Mapping[int, Mapping[str, str]] | None = None,
+    command: Sequence[str] = (bench.STOCKKEEPER, "serve"),
 ) -> Iterator[Cluster]:
     """`servers` serve commands (of `workers` processes each) on one database and cache, started
     and stopped by the benchmark's launcher; `env` adds environment variables to the servers it
-    names by index. The clerk token is "shop", the audit user the tests expect."""
+    names by index; `command` starts another server than `stockkeeper serve` (a baseline). The
+    clerk token is "shop", the audit user the tests expect."""
     with bench.running_servers(
-        database_url, cache_url, servers, workers, log_dir=tmp, env=env, clerk_name="shop"
+        database_url,
+        cache_url,
+        servers,
+        workers,
+        log_dir=tmp,
+        env=env,
+        clerk_name="shop",
+        command=command,
     ) as started:
         yield Cluster(
             started.urls,

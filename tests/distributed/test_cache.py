@@ -5,6 +5,7 @@ log while a server is SIGKILLed or Redis restarts (docs/cache.md, G1, G2, G4, G5
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import random
 import shutil
@@ -24,6 +25,7 @@ from tests.distributed.checks import put_stock
 from tests.distributed.cluster import Cluster, fresh_schema, running_servers
 from tests.distributed.redis_server import RedisServer
 from tests.distributed.storm import Client
+from tests.eventually import eventually
 
 pytestmark = pytest.mark.distributed
 
@@ -247,9 +249,13 @@ def restart_postgres() -> None:
 
 
 @pytest.mark.skipif(PG_CTL is None, reason="PostgreSQL is not managed by pg_ctlcluster here")
-async def test_g5_cached_reads_go_on_while_postgresql_restarts(fresh_cluster: Cluster) -> None:
-    """Reads of cached items keep answering 200 from the cache while the database restarts;
-    writes meanwhile answer a clean 503 or succeed, never anything else."""
+async def test_g5_reads_answer_or_refuse_cleanly_while_postgresql_restarts(
+    fresh_cluster: Cluster,
+) -> None:
+    """While the database restarts, cached reads are served until this server's read mode
+    lease runs out (it cannot tell a restart from being cut off while others switch to
+    database reads), then refused with 503 and Retry-After; writes answer a clean 503 or
+    succeed. Never anything else, and every server serves hits again once it is back."""
     cluster = fresh_cluster
     skus = [f"PG-{n}" for n in range(5)]
     statuses: dict[str, list[int]] = {"read": [], "write": []}
@@ -265,6 +271,8 @@ async def test_g5_cached_reads_go_on_while_postgresql_restarts(fresh_cluster: Cl
             n += 1
             answer = await client.call("GET", f"{url}/v1/items/{sku}", cluster.clerk_token)
             statuses["read"].append(answer.status)
+            if answer.status == 503:
+                assert answer.headers.get("Retry-After") == "1", answer.headers
             if n % 10 == 0:
                 answer = await client.call(
                     "POST",
@@ -275,7 +283,14 @@ async def test_g5_cached_reads_go_on_while_postgresql_restarts(fresh_cluster: Cl
                 statuses["write"].append(answer.status)
             await asyncio.sleep(0.002)
         await restarted
+
+        async def served_from_cache(url: str) -> bool:
+            answer = await client.call("GET", f"{url}/v1/items/{skus[0]}", cluster.clerk_token)
+            return answer.status == 200 and answer.headers.get("X-Cache") == "hit"
+
+        for url in cluster.urls[:3]:
+            assert await eventually(functools.partial(served_from_cache, url), 10), url
     reads, writes = Counter(statuses["read"]), Counter(statuses["write"])
     print(f"\nwhile PostgreSQL restarted: reads {dict(reads)}, writes {dict(writes)}")
-    assert set(reads) == {200} and reads[200] > 100
+    assert set(reads) <= {200, 503} and reads[200] > 10
     assert set(writes) <= {200, 503}

@@ -3,21 +3,29 @@
 
 - `naive`: the real app over the design the coherent cache replaces (cache-aside, TTL,
   unversioned SET on fill, delete-on-write), to show what coherence costs and what it buys.
+- `per-process`: the coherent cache with the degraded mode it had before one read source for
+  the cluster: each process that cannot reach Redis reads from the database on its own, while
+  the others go on serving Redis (docs/cache.md, "One read source", shows why that goes back).
 - `hello`: a fixed answer to every request, the ceiling of granian + ASGI on this machine.
 
 They live here, in bench code, and never in the product's request paths.
 
-    python -m stockkeeper.bench.baselines {naive|hello} --port P --database URL --cache URL
+    python -m stockkeeper.bench.baselines {naive|per-process|hello} --port P --database URL \
+        --cache URL
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 
 import click
 
 from stockkeeper import failpoints, metrics
-from stockkeeper.cache.base import read_database
+from stockkeeper.cache import open_cache
+from stockkeeper.cache.base import ReadCache, read_database
+from stockkeeper.cache.read_mode import Source
+from stockkeeper.cache.redis import RedisCache
 from stockkeeper.cache.resp import RespClient
 from stockkeeper.cache.scripts import Keys
 from stockkeeper.cli import serve_app, serve_options
@@ -95,6 +103,28 @@ class NaiveCacheAside:
         await self._client.close()
 
 
+class ProcessLocalSource:
+    """Each process decides alone: Redis while it reaches Redis, else the database."""
+
+    def __init__(self, cache: RedisCache) -> None:
+        self._cache = cache
+
+    def source(self, now_s: float) -> Source | None:
+        return Source.REDIS if self._cache.up else Source.DATABASE
+
+    async def changed(self, timeout_s: float) -> None:
+        await asyncio.sleep(timeout_s)
+
+    def poke(self) -> None:
+        return None
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
 def _require_redis(cache_url: str) -> None:
     if not cache_url.startswith(REDIS_SCHEMES):
         raise ValueError(
@@ -121,6 +151,25 @@ def create_naive_app() -> App:
     async def open_inventory() -> Inventory:
         return await Inventory.open(
             settings.database_url, settings.store_options, cache=naive_cache
+        )
+
+    return App(open_inventory, settings.in_flight_max)
+
+
+def create_per_process_app() -> App:
+    """The real app, configured like `create_app`, with per-process degraded mode."""
+    configure_worker_logging()
+    settings = settings_from_environment()
+    _require_redis(settings.cache_url)
+
+    async def per_process_cache(store: Store) -> ReadCache:
+        return await open_cache(
+            settings.cache_url, store, settings.redis_options, read_source=ProcessLocalSource
+        )
+
+    async def open_inventory() -> Inventory:
+        return await Inventory.open(
+            settings.database_url, settings.store_options, cache=per_process_cache
         )
 
     return App(open_inventory, settings.in_flight_max)
@@ -154,6 +203,7 @@ def create_hello_app() -> AsgiApp:
 
 FACTORIES = {
     "naive": "stockkeeper.bench.baselines:create_naive_app",
+    "per-process": "stockkeeper.bench.baselines:create_per_process_app",
     "hello": "stockkeeper.bench.baselines:create_hello_app",
 }
 
@@ -162,9 +212,9 @@ FACTORIES = {
 @click.argument("kind", type=click.Choice(sorted(FACTORIES)))
 @serve_options
 def main(kind: str, host: str, port: int, workers: int, database_url: str, cache_url: str) -> None:
-    """Serve the baseline KIND (naive or hello) as `stockkeeper serve` serves the real app:
-    same options, same preparation (schema, first admin token), same granian setup."""
-    if kind == "naive":
+    """Serve the baseline KIND (naive, per-process or hello) as `stockkeeper serve` serves the
+    real app: same options, same preparation (schema, first admin token), same granian setup."""
+    if kind in ("naive", "per-process"):
         try:
             _require_redis(cache_url)
         except ValueError as error:

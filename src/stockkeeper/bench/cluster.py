@@ -187,7 +187,7 @@ def create_token(database_url: str, name: str, role: str) -> str:
 @contextmanager
 def running_servers(
     database_url: str,
-    cache_url: str,
+    cache_url: str | Sequence[str],
     servers: int,
     workers: int = 1,
     log_dir: Path | None = None,
@@ -201,7 +201,10 @@ def running_servers(
     start against an empty database prints the admin token; pass `admin_token` for a database
     that has one already), and stop them all on exit. `env` adds environment variables to the
     servers it names by index (failpoints, say). `command` is the argv prefix each server runs,
-    with `--port --workers --database --cache` appended (`baseline_command` for a baseline)."""
+    with `--port --workers --database --cache` appended (`baseline_command` for a baseline).
+    `cache_url` is every server's, or one per server (each through its own fault proxy, say)."""
+    cache_urls = [cache_url] * servers if isinstance(cache_url, str) else list(cache_url)
+    assert len(cache_urls) == servers, "one cache URL, or one per server"
     processes: list[subprocess.Popen[bytes]] = []
     with ExitStack() as stack:
         if log_dir is None:
@@ -214,7 +217,7 @@ def running_servers(
                 where = ["--port", str(port), "--workers", str(workers)]
                 with out.open("wb") as stdout, log.open("wb") as stderr:
                     process = subprocess.Popen(
-                        [*command, *where, "--database", database_url, "--cache", cache_url],
+                        [*command, *where, "--database", database_url, "--cache", cache_urls[n]],
                         stdout=stdout,
                         stderr=stderr,
                         env={**os.environ, **(env or {}).get(n, {})},

@@ -7,9 +7,12 @@ cache of the distributed setup.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from stockkeeper.cache.base import DirectReads, ReadCache
 from stockkeeper.cache.memory import ProvenMemoryCache
-from stockkeeper.cache.redis import RedisCacheOptions
+from stockkeeper.cache.read_mode import ReadSource
+from stockkeeper.cache.redis import RedisCache, RedisCacheOptions
 from stockkeeper.cache.resp import CacheUnavailable, RespClient
 from stockkeeper.domain import Unavailable
 from stockkeeper.store import Store
@@ -36,16 +39,20 @@ def check_cache_url(url: str) -> None:
 
 
 async def open_cache(
-    url: str, store: Store, redis_options: RedisCacheOptions | None = None
+    url: str,
+    store: Store,
+    redis_options: RedisCacheOptions | None = None,
+    *,
+    read_source: Callable[[RedisCache], ReadSource] | None = None,
 ) -> ReadCache:
-    """The cache a URL names, over `store`, started."""
+    """The cache a URL names, over `store`, started. `read_source` replaces the cluster's
+    read mode lease of a Redis cache (a baseline's per-process degraded mode)."""
     check_cache_url(url)
     cache: ReadCache
     if url.startswith("memory://"):
         view = store.local_view()
         cache = DirectReads(store) if view is None else ProvenMemoryCache(store, view)
     else:
-        from stockkeeper.cache.redis import RedisCache
         from stockkeeper.cache.scripts import Keys
 
         options = redis_options or RedisCacheOptions()
@@ -54,7 +61,7 @@ async def open_cache(
             url, timeout_ms=options.timeout_ms, connect_timeout_ms=options.timeout_ms
         )
         keys = Keys.for_database(await store.token_key())
-        cache = RedisCache(client, store, keys, options)
+        cache = RedisCache(client, store, keys, options, read_source)
     await cache.start()
     return cache
 

@@ -13,17 +13,18 @@ import math
 import random
 import secrets
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from stockkeeper import failpoints, metrics
 from stockkeeper.cache import scripts
 from stockkeeper.cache.base import DirectReads, read_database
+from stockkeeper.cache.read_mode import ReadModeLease, ReadModeOptions, ReadSource, Source
 from stockkeeper.cache.resp import CacheReplyError, CacheUnavailable, RespClient
 from stockkeeper.cache.scripts import FillReply, ReadReply
 from stockkeeper.cache.tailer import FeedTailer
-from stockkeeper.domain import Change, FeedEntry, Item, ItemRead, Unavailable
+from stockkeeper.domain import Change, FeedEntry, Item, ItemRead, ReadsRefused, Unavailable
 from stockkeeper.store import Store
 
 log = logging.getLogger("stockkeeper.cache")
@@ -48,6 +49,10 @@ class RedisCacheOptions:
     xfetch_beta: float = 1.0
     xfetch_delta_ms_min: float = 2.0
     refreshes_in_flight_max: int = 64
+    read_mode: ReadModeOptions = field(default_factory=ReadModeOptions)
+    # How long a read may wait for a safe source (a switch of the cluster's read mode takes
+    # one mode lease) before it is refused with 503.
+    read_wait_ms_max: float = 1_000.0
 
 
 @dataclass(slots=True)
@@ -88,10 +93,11 @@ class RedisCache:
         store: Store,
         keys: scripts.Keys,
         options: RedisCacheOptions | None = None,
+        read_source: Callable[[RedisCache], ReadSource] | None = None,
     ) -> None:
         self._client = client
         self._store = store
-        self._database = DirectReads(store)  # what degraded mode serves
+        self._database = DirectReads(store)  # what database mode serves
         self.options = options or RedisCacheOptions()
         self._ttl_ms = int(self.options.ttl_s * 1000)
         self._read_args = (self.options.lease_ms, self.options.registration_ttl_ms)
@@ -115,10 +121,21 @@ class RedisCache:
             trip=self._trip,
         )
         self._tailing: asyncio.Task[None] | None = None
+        self._mode: ReadSource = (
+            read_source(self)
+            if read_source is not None
+            else ReadModeLease(
+                store,
+                self.options.read_mode,
+                reaches_redis=lambda: self._up,
+                catch_up=self._catch_up,
+            )
+        )
 
     @property
     def up(self) -> bool:
-        """False in degraded mode: reads go to the database until recovery has caught up."""
+        """False while this process cannot reach Redis: it serves no hit until recovery has
+        caught up, and the cluster reads from the database meanwhile."""
         return self._up
 
     async def start(self) -> None:
@@ -129,9 +146,11 @@ class RedisCache:
         with contextlib.suppress(Unavailable):
             await self._tailer.position()
         self._tailing = asyncio.create_task(self._tailer.run(self.options.feed_poll_ms))
+        await self._mode.start()
 
     async def close(self) -> None:
         self._closing = True
+        await self._mode.close()
         tasks = (self._tailing, self._recovery, *self._refreshing.values())
         for task in (*tasks, *(load.task for load in self._loads.values())):
             if task is not None:
@@ -157,8 +176,18 @@ class RedisCache:
                 "cache unreachable (%s): reading from the database until it recovers", error
             )
         self._up = False
+        self._mode.poke()
         if self._recovery is None or self._recovery.done():
             self._recovery = asyncio.create_task(self._recover())
+
+    async def _catch_up(self) -> bool:
+        """Push everything committed so far: True once Redis holds it all."""
+        try:
+            await self._tailer.catch_up()
+        except CACHE_ERRORS as error:
+            self._trip(error)
+            return False
+        return True
 
     async def _recover(self) -> None:
         while not self._up:
@@ -177,33 +206,69 @@ class RedisCache:
     # --- reads ------------------------------------------------------------------------------
 
     async def read(self, sku: str, min_version: int | None = None) -> ItemRead | None:
-        if not self._up:
-            return await self._database.read(sku)
+        """From the source the cluster's read mode allows now (docs/cache.md, One read source).
+        A read counts as served from a source only if this worker still held its lease when
+        the answer was decided, so the lease is checked again once the answer is in."""
+        mode = self._mode
+        if self._up and mode.source(time.monotonic()) is Source.REDIS:
+            try:
+                read = await self._read_redis(sku, min_version)
+            except CACHE_ERRORS as error:
+                self._trip(error)
+            else:
+                if mode.source(time.monotonic()) is Source.REDIS:
+                    return read
+        return await self._read_elsewhere(sku, min_version)
+
+    async def _read_elsewhere(self, sku: str, min_version: int | None) -> ItemRead | None:
+        """The slow path: a switch under way, a lease not renewed, Redis unreachable."""
+        deadline_s = time.monotonic() + self.options.read_wait_ms_max / 1000
+        while (now_s := time.monotonic()) < deadline_s:
+            source = self._mode.source(now_s)
+            try:
+                if source is Source.REDIS and self._up:
+                    read = await self._read_redis(sku, min_version)
+                elif source is Source.DATABASE:
+                    read = await self._database.read(sku)
+                elif self._up:
+                    # A read-through is pushed before it is served: safe under either mode.
+                    return self._answer(*await self._read_through(sku, _Load()))
+                else:
+                    await self._mode.changed(deadline_s - now_s)
+                    continue
+            except CACHE_ERRORS as error:
+                self._trip(error)
+                continue
+            if self._mode.source(time.monotonic()) is source:
+                return read
+        metrics.READS_REFUSED.inc()
+        raise ReadsRefused(
+            f"no read source was safe within {self.options.read_wait_ms_max:g} ms: this "
+            "server cannot reach Redis and the cluster is not yet reading from the database"
+        )
+
+    async def _read_redis(self, sku: str, min_version: int | None) -> ItemRead | None:
         if min_version is None:
             load = self._loads.get(sku)
             if load is not None and load.joinable:
                 return await self._join(sku, load)
-        try:
-            reply = await self._read_script(sku)
-        except CACHE_ERRORS as error:
-            self._trip(error)
-            return await self._database.read(sku)
-        return await self._resolve(sku, reply, min_version)
+        return await self._resolve(sku, await self._read_script(sku), min_version)
 
     async def read_many(self, skus: Sequence[str]) -> list[ItemRead | None]:
         """One round trip for the whole batch when every SKU is cached (pipelined)."""
-        if not self._up:
-            return await self._database.read_many(skus)
-        try:
-            replies = await asyncio.gather(*(self._read_script(sku) for sku in skus))
-        except CACHE_ERRORS as error:
-            self._trip(error)
-            return await self._database.read_many(skus)
-        return list(
-            await asyncio.gather(
-                *(self._resolve(sku, reply, None) for sku, reply in zip(skus, replies, strict=True))
-            )
-        )
+        mode = self._mode
+        if self._up and mode.source(time.monotonic()) is Source.REDIS:
+            try:
+                replies = await asyncio.gather(*(self._read_script(sku) for sku in skus))
+                reads = await asyncio.gather(
+                    *(self._resolve(sku, r, None) for sku, r in zip(skus, replies, strict=True))
+                )
+            except CACHE_ERRORS as error:
+                self._trip(error)
+            else:
+                if mode.source(time.monotonic()) is Source.REDIS:
+                    return list(reads)
+        return list(await asyncio.gather(*(self._read_elsewhere(sku, None) for sku in skus)))
 
     def _read_script(self, sku: str) -> Any:
         # A token names an incarnation or a lease holder: unique per process and per call.
@@ -222,7 +287,7 @@ class RedisCache:
         if min_version is not None:
             # The cache is behind the caller, or empty: no lease or shared load could promise
             # min_version (another filler may bring an older value), the database can.
-            return self._answer(*await self._read_through_or_database(sku))
+            return self._answer(*await self._read_through(sku, _Load()))
         load = self._loads.get(sku)
         if load is None or not load.joinable:
             load = self._start_load(sku, ReadReply(reply[0]), reply[1])
@@ -245,7 +310,7 @@ class RedisCache:
         if item is None and load.found_nothing_at <= fetches_seen:
             # "No such item" was read before this reader began: the item may have been created,
             # and served by another server, since. Only a read that began after it may say so.
-            item, from_db = await self._read_through_or_database(sku)
+            item, from_db = await self._read_through(sku, _Load())
         return self._answer(item, from_db)
 
     @staticmethod
@@ -293,9 +358,8 @@ class RedisCache:
             load.joinable = False
             return await self._read_through(sku, load)
         except CACHE_ERRORS as error:
-            load.joinable = False
             self._trip(error)
-            return await load.fetch(self._store, sku), True
+            raise  # each reader chooses its source again
         finally:
             # Decided: no one may join between the task's end and `_forget` a loop turn later.
             load.joinable = False
@@ -307,14 +371,6 @@ class RedisCache:
         if item is not None:
             await self._push(item)
         return item, True
-
-    async def _read_through_or_database(self, sku: str) -> tuple[Item | None, bool]:
-        """A read of this reader's own, begun now (no one shares it)."""
-        try:
-            return await self._read_through(sku, _Load())
-        except CACHE_ERRORS as error:
-            self._trip(error)
-            return await read_database(self._store, sku), True
 
     async def _wait_for_filler(self, sku: str, load: _Load) -> Item | bytes:
         """Another process holds the fill lease: poll Redis (not the database) for its value.

@@ -18,6 +18,7 @@ from typing import Any
 
 from stockkeeper import failpoints, metrics
 from stockkeeper.cache import DEFAULT_CACHE_URL, RedisCacheOptions
+from stockkeeper.cache.read_mode import ReadModeOptions
 from stockkeeper.domain import (
     MISSING,
     Busy,
@@ -358,7 +359,12 @@ def settings_from_environment() -> Settings:
         ),
         cache_url=os.environ.get("STOCKKEEPER_CACHE_URL", DEFAULT_CACHE_URL),
         redis_options=RedisCacheOptions(
-            timeout_ms=float(os.environ.get("STOCKKEEPER_CACHE_TIMEOUT_MS", "100"))
+            timeout_ms=float(os.environ.get("STOCKKEEPER_CACHE_TIMEOUT_MS", "100")),
+            feed_poll_ms=float(os.environ.get("STOCKKEEPER_FEED_POLL_MS", "10")),
+            read_mode=ReadModeOptions(
+                lease_ms=float(os.environ.get("STOCKKEEPER_READ_MODE_LEASE_MS", "500")),
+                poll_ms=float(os.environ.get("STOCKKEEPER_READ_MODE_POLL_MS", "100")),
+            ),
         ),
         in_flight_max=int(os.environ.get("STOCKKEEPER_IN_FLIGHT_MAX", str(IN_FLIGHT_MAX))),
     )

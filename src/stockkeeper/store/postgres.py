@@ -32,7 +32,8 @@ from stockkeeper.domain import (
     Write,
 )
 from stockkeeper.retry import retrying
-from stockkeeper.store.protocol import LocalView, StoreOptions
+from stockkeeper.store import read_mode_sql
+from stockkeeper.store.protocol import LocalView, ReadModeView, StoreOptions
 from stockkeeper.store.rows import AUDIT_COLUMNS, audit_entry
 from stockkeeper.store.sql_tx import Row, SqlTx
 from stockkeeper.store.token_sql import (
@@ -108,7 +109,18 @@ CREATE TABLE IF NOT EXISTS tokens (
 -- Added after the first release: one path for new and upgraded databases alike.
 ALTER TABLE tokens ADD COLUMN IF NOT EXISTS id bigint GENERATED ALWAYS AS IDENTITY UNIQUE;
 ALTER TABLE tokens ADD COLUMN IF NOT EXISTS revoked_at timestamptz;
+CREATE TABLE IF NOT EXISTS read_mode (
+    id int PRIMARY KEY CHECK (id = 1),
+    epoch bigint NOT NULL,
+    mode text NOT NULL CHECK (mode IN ('redis', 'database')),
+    active boolean NOT NULL
+);
+CREATE TABLE IF NOT EXISTS read_mode_votes (
+    worker text PRIMARY KEY,
+    until_ms bigint NOT NULL
+);
 """
+_NOW_MS = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
 _TOKEN_COLUMNS = "id, name, role, created_at, revoked_at"
 # Claims this interval's purge for the cluster: no row comes back if it is not yet due.
 _CLAIM_PURGE = """
@@ -401,6 +413,7 @@ class PostgresStore:
                 str(SCHEMA_VERSION),
                 secrets.token_hex(32),
             )
+            await conn.execute(read_mode_sql.INITIAL_ROW)
             found = await conn.fetchval(
                 "SELECT value FROM stockkeeper_meta WHERE key = 'schema_version'"
             )
@@ -528,6 +541,25 @@ class PostgresStore:
             return int(status.rsplit(" ", 1)[-1])
 
         return await self._in_tx(run)
+
+    async def read_mode(self) -> ReadModeView:
+        sql = read_mode_sql.READ.format(now_ms=_NOW_MS)
+        return read_mode_sql.view(await self._run(lambda conn: conn.fetchrow(sql)))
+
+    async def vote_database_reads(self, worker: str, ttl_ms: int) -> None:
+        sql = read_mode_sql.VOTE.format(now_ms=_NOW_MS)
+        await self._run(lambda conn: conn.execute(sql, worker, ttl_ms))
+
+    async def switch_read_mode(self, epoch: int, mode: str) -> bool:
+        async def run(conn: asyncpg.Connection) -> bool:
+            switched = await conn.fetchval(read_mode_sql.SWITCH.format(now_ms=_NOW_MS), epoch, mode)
+            await conn.execute(read_mode_sql.FORGET_VOTES.format(now_ms=_NOW_MS))
+            return switched is not None
+
+        return await self._in_tx(run)
+
+    async def activate_read_mode(self, epoch: int) -> None:
+        await self._run(lambda conn: conn.execute(read_mode_sql.ACTIVATE, epoch))
 
     async def ping(self) -> None:
         await self._run(lambda conn: conn.fetchval("SELECT 1"))

@@ -34,6 +34,20 @@ class StoreOptions:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 
 
+@dataclass(frozen=True, slots=True)
+class ReadModeView:
+    """The cluster's read mode as one statement saw it (docs/cache.md, "One read source").
+
+    `epoch` grows with every switch; `mode` is "redis" or "database"; `active` means every
+    lease of an earlier epoch has lapsed (so no wait is needed); `voted` means some worker
+    cannot reach Redis and wants database reads."""
+
+    epoch: int
+    mode: str
+    active: bool
+    voted: bool
+
+
 class ChangeFeed(Protocol):
     """Every committed change, delivered at least once and, per SKU, in version order.
 
@@ -123,6 +137,23 @@ class Store(Protocol):
     async def purge_idempotency_keys(self, older_than_s: int, every_s: int) -> int | None:
         """Delete keys older than `older_than_s`, unless another process is purging or the
         cluster purged within `every_s`: the number deleted, or None when skipped."""
+        ...
+
+    async def read_mode(self) -> ReadModeView:
+        """The current epoch: a read, never a write, so renewing a lease costs no commit."""
+        ...
+
+    async def vote_database_reads(self, worker: str, ttl_ms: int) -> None:
+        """This worker cannot reach Redis: keep the cluster on database reads for `ttl_ms`."""
+        ...
+
+    async def switch_read_mode(self, epoch: int, mode: str) -> bool:
+        """Begin epoch `epoch + 1` in `mode` if `epoch` is still current (and, to "redis", no
+        vote is live); True if this call switched."""
+        ...
+
+    async def activate_read_mode(self, epoch: int) -> None:
+        """Record that every lease older than `epoch` has lapsed."""
         ...
 
     async def ping(self) -> None:

@@ -34,7 +34,8 @@ from stockkeeper.domain import (
     Write,
 )
 from stockkeeper.retry import retrying
-from stockkeeper.store.protocol import StoreOptions
+from stockkeeper.store import read_mode_sql
+from stockkeeper.store.protocol import ReadModeView, StoreOptions
 from stockkeeper.store.rows import AUDIT_COLUMNS, audit_entry
 from stockkeeper.store.sql_tx import Row, SqlTx
 from stockkeeper.store.token_sql import (
@@ -51,6 +52,7 @@ T = TypeVar("T")
 
 SCHEMA_VERSION = 1
 _DOLLAR_PARAM = re.compile(r"\$(\d+)")
+_NOW_MS = "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS stockkeeper_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -98,6 +100,13 @@ CREATE TABLE IF NOT EXISTS tokens (
     role TEXT NOT NULL CHECK (role IN ('reader', 'clerk', 'admin')),
     created_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS read_mode (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    epoch INTEGER NOT NULL,
+    mode TEXT NOT NULL CHECK (mode IN ('redis', 'database')),
+    active INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS read_mode_votes (worker TEXT PRIMARY KEY, until_ms INTEGER NOT NULL);
 """
 # Tokens are never deleted, so their rowids (the ids `token list` shows) never change, even
 # under VACUUM.
@@ -344,6 +353,7 @@ class SqliteStore:
                 str(SCHEMA_VERSION),
                 secrets.token_hex(32),
             )
+            await self._writer.execute(read_mode_sql.INITIAL_ROW)
             tokens = await self._writer.execute("PRAGMA table_info(tokens)")
             if "revoked_at" not in {column["name"] for column in tokens}:
                 # Added after the first release; SQLite has no ADD COLUMN IF NOT EXISTS.
@@ -470,6 +480,28 @@ class SqliteStore:
 
         purged: int | None = await self._in_tx(run)
         return purged
+
+    async def read_mode(self) -> ReadModeView:
+        sql = _numbered(read_mode_sql.READ.format(now_ms=_NOW_MS))
+        return read_mode_sql.view(await self._reader.first(sql))
+
+    async def vote_database_reads(self, worker: str, ttl_ms: int) -> None:
+        sql = _numbered(read_mode_sql.VOTE.format(now_ms=_NOW_MS))
+        await self._in_tx(lambda: self._writer.execute(sql, worker, ttl_ms))
+
+    async def switch_read_mode(self, epoch: int, mode: str) -> bool:
+        async def run() -> bool:
+            sql = _numbered(read_mode_sql.SWITCH.format(now_ms=_NOW_MS))
+            switched = await self._writer.first(sql, epoch, mode)
+            await self._writer.execute(read_mode_sql.FORGET_VOTES.format(now_ms=_NOW_MS))
+            return switched is not None
+
+        switched: bool = await self._in_tx(run)
+        return switched
+
+    async def activate_read_mode(self, epoch: int) -> None:
+        sql = _numbered(read_mode_sql.ACTIVATE)
+        await self._in_tx(lambda: self._writer.execute(sql, epoch))
 
     async def ping(self) -> None:
         try:
