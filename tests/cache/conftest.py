@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from stockkeeper.bench.baselines import NaiveCacheAside
+from stockkeeper.bench.baselines import NaiveCacheAside, ProcessLocalSource
 from stockkeeper.cache.base import ReadCache
 from stockkeeper.cache.redis import RedisCache, RedisCacheOptions
 from stockkeeper.cache.resp import RespClient
@@ -58,11 +58,18 @@ async def redis() -> AsyncIterator[RespClient]:
 @pytest.fixture
 async def open_server(database_url: str) -> AsyncIterator[OpenServer]:
     """open_server(kind, **RedisCacheOptions fields) → a started Server; kind is "coherent",
-    or "naive" / "naive-set" (stockkeeper.bench.baselines.NaiveCacheAside, delete-on-write /
-    unversioned SET)."""
+    "per-process" (the coherent cache with per-process degraded mode, a baseline), or "naive" /
+    "naive-set" (stockkeeper.bench.baselines.NaiveCacheAside, delete-on-write / unversioned
+    SET). `redis_url` and `database_url` reach this server's own way (a fault proxy, say)."""
+    shared_database_url = database_url
     async with AsyncExitStack() as stack:
 
-        async def open_one(kind: str = "coherent", **options: Any) -> Server:
+        async def open_one(
+            kind: str = "coherent",
+            redis_url: str = REDIS_URL,
+            database_url: str = shared_database_url,
+            **options: Any,
+        ) -> Server:
             store = await open_store(database_url)
             await store.migrate()
             stack.push_async_callback(store.close)
@@ -74,14 +81,18 @@ async def open_server(database_url: str) -> AsyncIterator[OpenServer]:
                 return await get_item(sku)
 
             store.get_item = counted  # type: ignore[method-assign]
-            client = RespClient.from_url(REDIS_URL, timeout_ms=options.pop("timeout_ms", 500))
+            timeout_ms = options.pop("timeout_ms", 500)
+            client = RespClient.from_url(
+                redis_url, timeout_ms=timeout_ms, connect_timeout_ms=timeout_ms
+            )
             cache: ReadCache
             keys = Keys.for_database(await store.token_key())
             if kind.startswith("naive"):
                 on_write = "set" if kind == "naive-set" else "delete"
                 cache = NaiveCacheAside(client, store, keys, on_write=on_write)
             else:
-                cache = RedisCache(client, store, keys, RedisCacheOptions(**options))
+                source = ProcessLocalSource if kind == "per-process" else None
+                cache = RedisCache(client, store, keys, RedisCacheOptions(**options), source)
             await cache.start()
             stack.push_async_callback(cache.close)
             server.cache = server.inventory.cache = cache

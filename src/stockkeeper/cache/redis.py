@@ -221,30 +221,33 @@ class RedisCache:
         return await self._read_elsewhere(sku, min_version)
 
     async def _read_elsewhere(self, sku: str, min_version: int | None) -> ItemRead | None:
-        """The slow path: a switch under way, a lease not renewed, Redis unreachable."""
-        deadline_s = time.monotonic() + self.options.read_wait_ms_max / 1000
-        while (now_s := time.monotonic()) < deadline_s:
-            source = self._mode.source(now_s)
-            try:
-                if source is Source.REDIS and self._up:
-                    read = await self._read_redis(sku, min_version)
-                elif source is Source.DATABASE:
-                    read = await self._database.read(sku)
-                elif self._up:
-                    # A read-through is pushed before it is served: safe under either mode.
-                    return self._answer(*await self._read_through(sku, _Load()))
-                else:
-                    await self._mode.changed(deadline_s - now_s)
-                    continue
-            except CACHE_ERRORS as error:
-                self._trip(error)
-                continue
-            if self._mode.source(time.monotonic()) is source:
-                return read
+        """The slow path: a switch under way, a lease not renewed, Redis unreachable. Bounded
+        by `read_wait_ms_max` in all, database reads included."""
+        wait_ms = self.options.read_wait_ms_max
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait_ms / 1000):
+                while True:
+                    source = self._mode.source(time.monotonic())
+                    try:
+                        if source is Source.REDIS and self._up:
+                            read = await self._read_redis(sku, min_version)
+                        elif source is Source.DATABASE:
+                            read = await self._database.read(sku)
+                        elif self._up:
+                            # Pushed before it is served: safe whatever the mode.
+                            return self._answer(*await self._read_through(sku, _Load()))
+                        else:
+                            await self._mode.changed(wait_ms / 1000)
+                            continue
+                    except CACHE_ERRORS as error:
+                        self._trip(error)
+                        continue
+                    if self._mode.source(time.monotonic()) is source:
+                        return read
         metrics.READS_REFUSED.inc()
         raise ReadsRefused(
-            f"no read source was safe within {self.options.read_wait_ms_max:g} ms: this "
-            "server cannot reach Redis and the cluster is not yet reading from the database"
+            f"no read source was safe within {wait_ms:g} ms: the cluster's read mode is "
+            "switching, or this server cannot reach Redis or the database"
         )
 
     async def _read_redis(self, sku: str, min_version: int | None) -> ItemRead | None:

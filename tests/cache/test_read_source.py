@@ -1,0 +1,147 @@
+"""One read source for the cluster (docs/cache.md, "One read source"), with real partitions:
+each faulted server reaches Redis or PostgreSQL through its own `FaultProxy`, which holds the
+bytes (connections open, nothing delivered) as a network partition does.
+
+Each scenario runs on the coherent cache, which must hold, and on the per-process degraded mode
+it replaced (`stockkeeper.bench.baselines.ProcessLocalSource`), which must break it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+
+from stockkeeper.cache.read_mode import ReadModeOptions
+from stockkeeper.domain import ReadsRefused
+from stockkeeper.faults.proxy import FaultProxy
+from tests.cache.conftest import REDIS_URL, OpenServer, Server
+from tests.cache.naive import expect
+from tests.holds import held
+
+# Short leases keep the scenarios short; the argument does not depend on their length.
+FAST = {
+    "read_mode": ReadModeOptions(lease_ms=200.0, poll_ms=20.0, margin_ms=20.0),
+    "feed_poll_ms": 60_000.0,  # no tailer pushes the held write for its writer
+    "timeout_ms": 50,
+    "recovery_probe_ms": 50.0,
+    "read_wait_ms_max": 400.0,
+}
+
+
+@contextmanager
+def proxied(url: str) -> Iterator[tuple[FaultProxy, str]]:
+    """A proxy in front of the server a URL names, and the same URL through it."""
+    parts = urlsplit(url)
+    assert parts.hostname is not None and parts.port is not None
+    with FaultProxy(parts.hostname, parts.port) as proxy:
+        netloc = parts.netloc.replace(f"{parts.hostname}:{parts.port}", f"127.0.0.1:{proxy.port}")
+        yield proxy, urlunsplit(parts._replace(netloc=netloc))
+
+
+@dataclass
+class History:
+    """Reads as their callers saw them: (started, ended, version), on one clock."""
+
+    reads: list[tuple[float, float, int]] = field(default_factory=list)
+    refused: int = 0
+
+    async def read(self, server: Server, sku: str) -> None:
+        started = time.monotonic()
+        try:
+            version = (await server.read(sku)).version
+        except ReadsRefused:
+            self.refused += 1
+            return
+        self.reads.append((started, time.monotonic(), version))
+
+    def went_back(self) -> list[tuple[tuple[float, float, int], tuple[float, float, int]]]:
+        """Pairs (earlier, later): `later` began after `earlier` ended, and is older."""
+        return [
+            (earlier, later)
+            for earlier in self.reads
+            for later in self.reads
+            if later[0] > earlier[1] and later[2] < earlier[2]
+        ]
+
+
+@pytest.fixture
+async def redis_proxy() -> AsyncIterator[tuple[FaultProxy, str]]:
+    with proxied(REDIS_URL) as pair:
+        yield pair
+
+
+async def alternate(history: History, servers: list[Server], sku: str, rounds: int) -> None:
+    for _ in range(rounds):
+        for server in servers:
+            await history.read(server, sku)
+
+
+@pytest.mark.parametrize("kind", ["coherent", "per-process"])
+async def test_g1_a_server_cut_off_from_redis_never_makes_a_read_go_back(
+    open_server: OpenServer, redis_proxy: tuple[FaultProxy, str], sku: str, kind: str
+) -> None:
+    """A reaches Redis through a proxy that is cut; B reaches it directly. B commits v2 and has
+    not pushed it yet (Redis still holds v1). A reader alternates between A and B. Per-process,
+    A serves the database's v2 and B then Redis's v1. One source: A waits for the cluster to
+    switch to database reads, and B stops serving Redis before anyone serves the database."""
+    proxy, a_url = redis_proxy
+    a = await open_server(kind, redis_url=a_url, **FAST)
+    b = await open_server(kind, **FAST)
+    await a.inventory.set_stock(sku, 5, user="t")
+    history = History()
+    await alternate(history, [a, b], sku, 2)
+    async with held("cache.push.before") as push:
+        write = asyncio.create_task(b.inventory.decrement_stock(sku, 1, user="t"))
+        await push.reached()
+        proxy.hold()
+        await alternate(history, [a, b], sku, 10)
+        push.release()
+        await write
+    proxy.heal()
+    await alternate(history, [a, b], sku, 2)
+    versions = {version for _, _, version in history.reads}
+    assert versions == {1, 2} and history.refused == 0, (versions, history.refused)
+    expect(kind, not history.went_back())
+
+
+@pytest.mark.parametrize("kind", ["coherent", "per-process"])
+async def test_g1_a_server_cut_off_from_postgresql_fences_itself_before_others_switch(
+    open_server: OpenServer,
+    redis_proxy: tuple[FaultProxy, str],
+    database_url: str,
+    sku: str,
+    kind: str,
+) -> None:
+    """A reaches Redis but not PostgreSQL; B reaches PostgreSQL but not Redis, and commits v2
+    (Redis keeps v1). B's trip switches the cluster to database reads. A cannot renew its lease:
+    it must stop serving Redis hits before B serves the database, and refuse rather than wait
+    for ever. Per-process, A goes on serving v1 after B served v2."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("a partition from the database needs a database over the network")
+    b_redis_proxy, b_redis_url = redis_proxy
+    with proxied(database_url) as (pg_proxy, a_database_url):
+        a = await open_server(kind, database_url=a_database_url, **FAST)
+        b = await open_server(kind, redis_url=b_redis_url, **FAST)
+        await b.inventory.set_stock(sku, 5, user="t")
+        history = History()
+        await alternate(history, [a, b], sku, 2)
+        pg_proxy.hold()
+        b_redis_proxy.hold()
+        await b.inventory.decrement_stock(sku, 1, user="t")
+        started = time.monotonic()
+        await alternate(history, [b, a], sku, 5)
+        took_s = time.monotonic() - started
+        b_redis_proxy.heal()
+        pg_proxy.heal()
+    served = [version for _, _, version in history.reads]
+    assert 2 in served, served
+    if kind == "coherent":
+        assert history.refused > 0  # A, fenced, cannot read the database either
+        assert took_s < 5 * 2 * 0.4 + 2, took_s  # no read waits much past read_wait_ms_max
+    expect(kind, not history.went_back())
