@@ -17,16 +17,19 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from stockkeeper.cache.read_mode import ReadModeOptions
+from stockkeeper.cache.read_mode import ReadModeOptions, Source
+from stockkeeper.cache.redis import RedisCache
 from stockkeeper.domain import ReadsRefused
 from stockkeeper.faults.proxy import FaultProxy
 from tests.cache.conftest import REDIS_URL, OpenServer, Server
 from tests.cache.naive import expect
+from tests.eventually import eventually
 from tests.holds import held
 
 # Short leases keep the scenarios short; the argument does not depend on their length.
+FAST_LEASE = {"lease_ms": 200.0, "poll_ms": 20.0, "margin_ms": 20.0}
 FAST = {
-    "read_mode": ReadModeOptions(lease_ms=200.0, poll_ms=20.0, margin_ms=20.0),
+    "read_mode": ReadModeOptions(**FAST_LEASE),
     "feed_poll_ms": 60_000.0,  # no tailer pushes the held write for its writer
     "timeout_ms": 50,
     "recovery_probe_ms": 50.0,
@@ -145,3 +148,44 @@ async def test_g1_a_server_cut_off_from_postgresql_fences_itself_before_others_s
         assert history.refused > 0  # A, fenced, cannot read the database either
         assert took_s < 5 * 2 * 0.4 + 2, took_s  # no read waits much past read_wait_ms_max
     expect(kind, not history.went_back())
+
+
+@pytest.mark.parametrize("kind", ["coherent", "no-catch-up"])
+async def test_g1_back_on_redis_no_hit_is_older_than_a_database_read(
+    open_server: OpenServer, redis_proxy: tuple[FaultProxy, str], sku: str, kind: str
+) -> None:
+    """A, cut off from Redis, commits v2 (its push fails) and dies; B, in database mode, serves
+    v2 from the database. When Redis serves again, B's first hit must not be Redis's v1, even
+    though no tailer has polled since (the feed is slow here) and no read of that SKU read
+    through meanwhile: the switch back catches up before its first hit. Without that catch-up,
+    it serves v1."""
+    proxy, a_url = redis_proxy
+    fast = {**FAST, "read_mode": ReadModeOptions(**{**FAST_LEASE, "vote_ms": 300.0})}
+    a = await open_server(redis_url=a_url, **fast)
+    b = await open_server(**fast)
+    assert isinstance(b.cache, RedisCache)
+    if kind == "no-catch-up":
+
+        async def skipped() -> bool:
+            return True
+
+        b.cache._mode._catch_up = skipped  # type: ignore[attr-defined]
+    probe = f"{sku}-probe"  # read meanwhile: its read-throughs would repair `sku` too
+    for one in (sku, probe):
+        await a.inventory.set_stock(one, 5, user="t")
+        assert (await b.read(one)).version == 1  # cached
+    proxy.hold()
+    await a.inventory.decrement_stock(sku, 1, user="t")  # trips A: database reads everywhere
+
+    async def from_the_database() -> bool:  # not reading through: that would push v2
+        return b.cache._mode.source(time.monotonic()) is Source.DATABASE  # type: ignore[attr-defined]
+
+    assert await eventually(from_the_database, 5)
+    assert (await b.inventory.read(sku)).item.version == 2
+    await a.cache.close()  # A dies with v2 in its pending set
+
+    async def hit() -> bool:
+        return (await b.inventory.read(probe)).cache_hit
+
+    assert await eventually(hit, 5)  # the vote lapsed; B serves Redis again
+    expect(kind, (await b.read(sku)).version == 2)
