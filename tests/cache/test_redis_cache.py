@@ -111,6 +111,20 @@ async def evalsha_calls(redis: RespClient) -> int:
     return int(line.split("calls=")[1].split(",")[0])
 
 
+async def b_serves_v2_then_a_reads(
+    a: Server, b: Server, sku: str, first: asyncio.Task[Item], replies: asyncio.Transport
+) -> None:
+    """B commits v2 and serves it; then a reader begins on A, whose load `first` has had its
+    result (v1) decided in Redis, unread. The load answers v1; the later reader, v2."""
+    await buy(b, sku)
+    served = await b.read(sku)
+    later = asyncio.create_task(a.read(sku))
+    await asyncio.sleep(0.01)
+    replies.resume_reading()
+    assert (await first).version == 1
+    assert (await later).version >= served.version == 2
+
+
 async def test_g1_a_reader_arriving_after_redis_filled_a_load_does_not_join_it(
     open_server: OpenServer, redis: RespClient, sku: str
 ) -> None:
@@ -128,13 +142,7 @@ async def test_g1_a_reader_arriving_after_redis_filled_a_load_does_not_join_it(
             return await redis.call("HGET", a.key(sku), "q") == b"5"
 
         assert await eventually(filled, 2)
-    await buy(b, sku)
-    served = await b.read(sku)
-    later = asyncio.create_task(a.read(sku))
-    await asyncio.sleep(0.01)
-    replies.resume_reading()
-    assert (await first).version == 1
-    assert (await later).version >= served.version == 2
+    await b_serves_v2_then_a_reads(a, b, sku, first, replies)
 
 
 async def test_g1_a_reader_arriving_after_redis_answered_a_waiting_load_does_not_join_it(
@@ -162,13 +170,7 @@ async def test_g1_a_reader_arriving_after_redis_answered_a_waiting_load_does_not
         return await evalsha_calls(redis) > calls  # A's poll ran, its answer unread
 
     assert await eventually(polled, 2 * poll_ms / 1000 + 1)
-    await buy(b, sku)
-    served = await b.read(sku)
-    later = asyncio.create_task(a.read(sku))
-    await asyncio.sleep(0.01)
-    replies.resume_reading()
-    assert (await first).version == 1
-    assert (await later).version >= served.version == 2
+    await b_serves_v2_then_a_reads(a, b, sku, first, replies)
     assert a.db_reads == []  # A was served by the other filler, as the scenario meant
 
 
