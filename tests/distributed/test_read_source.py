@@ -91,7 +91,7 @@ def _release(redis: RedisServer, proxies: Sequence[FaultProxy]) -> None:
             os.kill(redis.process.pid, signal.SIGCONT)
     for proxy in proxies:
         with suppress(RuntimeError, TimeoutError):
-            heal(proxy)
+            proxy.heal()
 
 
 Start = Callable[..., Rig]
@@ -174,24 +174,6 @@ async def until(
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: not within {timeout_s:g} s")
         await asyncio.sleep(POLL_S)
-
-
-HEAL_RESETS: list[int] = []  # proxies whose heal had to reset their connections
-
-
-def heal(proxy: FaultProxy) -> None:
-    """`proxy.heal()`, working around a FaultProxy bug: once a side half-closed, the proxy stops
-    reading that socket, so a later RST from it goes unnoticed, and delivering the other
-    side's queued FIN to it at `heal` raises ENOTCONN out of `heal` (half-way: some
-    connections healed, others not). It happens when Redis closes connections that their
-    clients gave up on while it was frozen. Then every connection is reset, which a real
-    partition long enough for clients to give up does too, and the proxy passes again."""
-    try:
-        proxy.heal()
-    except OSError:
-        HEAL_RESETS.append(proxy.port)
-        proxy.reset()
-        proxy.heal()
 
 
 # --- traffic --------------------------------------------------------------------------------------
@@ -345,8 +327,16 @@ async def audit_log(
     return audit, commits
 
 
+def wall_clock(monotonic_s: float) -> str:
+    """A monotonic time as the servers' log lines show it."""
+    wall_s = monotonic_s + time.time() - time.monotonic()
+    return time.strftime("%H:%M:%S", time.localtime(wall_s)) + f",{wall_s % 1 * 1000:03.0f}"
+
+
 def report(title: str, traffic: Traffic, verdict: Verdict, metrics: Mapping[str, float]) -> None:
-    """Per phase: reads, their answers, delays and violations; then the cluster's counters."""
+    """Per phase: reads, their answers, delays and violations; then the cluster's counters,
+    and each phase's slowest read. A read counts in the phase it began in, so one begun just
+    before a fault shows its wait in the phase before."""
     violations: Counter[tuple[str, str]] = Counter()
     phase_of = {id(record.op): record.phase for record in traffic.records}
     for violation in verdict.examples:
@@ -376,9 +366,6 @@ def report(title: str, traffic: Traffic, verdict: Verdict, metrics: Mapping[str,
         + ", ".join(f"{kind} {n}" for kind, n in verdict.counts.items())
     )
     print("  counters: " + ", ".join(f"{name} {value:g}" for name, value in metrics.items()))
-    if HEAL_RESETS:
-        print(f"  heals that had to reset connections (FaultProxy ENOTCONN): {len(HEAL_RESETS)}")
-        HEAL_RESETS.clear()
     for phase, began_s in traffic.phases.items():
         delayed = [
             r
@@ -390,7 +377,7 @@ def report(title: str, traffic: Traffic, verdict: Verdict, metrics: Mapping[str,
             print(
                 f"    slowest read in {phase!r}: {r.latency_s * 1000:.0f} ms on server "
                 f"{r.op.server}, began {(r.op.started_s - began_s) * 1000:.0f} ms into it, "
-                f"answered {r.status} {r.cache or ''}"
+                f"answered {r.status} {r.cache or ''} (at {wall_clock(r.op.started_s)})"
             )
     for violation in verdict.examples[:3]:
         print(f"    e.g. {violation}")
@@ -442,7 +429,7 @@ async def test_g1_a_server_partitioned_from_redis_never_makes_a_read_go_back(
             traffic.mark(f"server {n} partitioned", focus=n)
             r.proxies[n].hold()
             await asyncio.sleep(PARTITION_S)
-            heal(r.proxies[n])
+            r.proxies[n].heal()
             traffic.mark(f"server {n} healed, until hits")
             await traffic.until_hits(f"after server {n} healed", epoch)
         traffic.mark("after")
@@ -469,7 +456,7 @@ async def partition_after(
     traffic.mark(f"{what}, server {server} held", focus=server)
     proxies[server].hold()
     await asyncio.sleep(AFTER_S)
-    heal(proxies[server])
+    proxies[server].heal()
 
 
 VICTIM = 2
@@ -610,7 +597,7 @@ async def test_g1_a_flapping_partition_costs_few_switches_and_votes(start: Start
         while time.monotonic() < deadline:
             r.proxies[1].hold()
             await asyncio.sleep(FLAP_HALF_S)
-            heal(r.proxies[1])
+            r.proxies[1].heal()
             await asyncio.sleep(FLAP_HALF_S)
             flaps += 1
         traffic.mark("server 1 healed, until hits")

@@ -466,3 +466,29 @@ def test_start_fails_when_the_port_is_taken(proxy: FaultProxy) -> None:
         other.start()
     with pytest.raises(RuntimeError, match="not running"):
         other.hold()
+
+
+async def test_heal_delivers_a_held_end_to_a_client_that_closed_meanwhile() -> None:
+    """A client gave up and closed; its upstream answers late and closes, while the proxy holds.
+    At heal the client's socket is gone (it reset what it was sent): heal must still heal every
+    connection, not raise ENOTCONN half-way (Redis closing connections its clients gave up on
+    while it was frozen does this)."""
+
+    async def late_upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+        await asyncio.sleep(0.2)
+        writer.write(b"late reply")
+        writer.close()
+
+    server = await asyncio.start_server(late_upstream, "127.0.0.1", 0)
+    with FaultProxy("127.0.0.1", server.sockets[0].getsockname()[1]) as proxy:
+        gave_up = socket.create_connection(proxy.address)
+        gave_up.sendall(b"request")
+        gave_up.close()
+        await asyncio.sleep(0.05)
+        await asyncio.to_thread(proxy.hold)
+        await asyncio.sleep(0.4)  # the late reply and the upstream's end are held
+        await asyncio.to_thread(proxy.heal)
+        assert proxy.mode is Mode.PASS
+    server.close()
+    await server.wait_closed()

@@ -118,7 +118,13 @@ class _End(asyncio.Protocol):
         """Deliver the other end's FIN."""
         assert self.transport is not None
         self.write_shut = True
-        self.transport.write_eof()
+        try:
+            self.transport.write_eof()
+        except OSError:
+            # The peer reset while this end was not reading (it had sent its own FIN, so
+            # asyncio stopped watching it): the end is gone, as a reset would leave it.
+            self.abort()
+            return
         self._close_if_done()
 
     def _close_if_done(self) -> None:
