@@ -96,10 +96,15 @@ def simulate(seed: int, leases: list[ReadModeLease]) -> tuple[int, int]:
             current = one._current
             assert current is not None
             current.caught_up = True  # catching up has its own tests
+            one._refresh_window()
             if current.number == view.epoch and now >= current.active_from_s:
                 database.activate(now + rng.uniform(0, 0.05), view.epoch)
         else:
             sources = {one.source(now) for one in leases} - {None}
+            for one in leases:  # the hit path's window never says more than source()
+                assert not one.redis_from_s <= now < one.redis_until_s or (
+                    one.source(now) is Source.REDIS
+                )
             conflicts += len(sources) > 1
             served += bool(sources)
     return conflicts, served

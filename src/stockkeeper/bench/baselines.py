@@ -17,6 +17,7 @@ They live here, in bench code, and never in the product's request paths.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Awaitable, Callable, Sequence
 
 import click
@@ -105,6 +106,9 @@ class NaiveCacheAside:
 
 class ProcessLocalSource:
     """Each process decides alone: Redis while it reaches Redis, else the database."""
+
+    redis_from_s = -math.inf
+    redis_until_s = math.inf
 
     def __init__(self, cache: RedisCache) -> None:
         self._cache = cache

@@ -60,7 +60,13 @@ class ReadModeOptions:
 
 
 class ReadSource(Protocol):
-    """What the Redis cache asks before serving a read: which source is safe right now."""
+    """What the Redis cache asks before serving a read: which source is safe right now.
+
+    `redis_from_s <= now < redis_until_s` is the hit path's test: two float comparisons. It
+    may say no where `source` says REDIS (a previous epoch's lease), never the other way."""
+
+    redis_from_s: float
+    redis_until_s: float
 
     def source(self, now_s: float) -> Source | None: ...
 
@@ -110,6 +116,8 @@ class ReadModeLease:
         self._poked = asyncio.Event()
         self._changed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._task: asyncio.Task[None] | None = None
+        self.redis_from_s = math.inf
+        self.redis_until_s = -math.inf
 
     @property
     def epoch(self) -> int:
@@ -165,6 +173,15 @@ class ReadModeLease:
                 current.active_from_s = min(current.active_from_s, sent_s)
         # An older epoch than one seen (a late answer, a database restored from a backup)
         # renews nothing: the leases run out and reads wait or read through.
+        self._refresh_window()
+
+    def _refresh_window(self) -> None:
+        """The current epoch's Redis window, for the hit path."""
+        current = self._current
+        if current is not None and current.mode is Source.REDIS and current.caught_up:
+            self.redis_from_s, self.redis_until_s = current.active_from_s, current.lease_until_s
+        else:
+            self.redis_from_s, self.redis_until_s = math.inf, -math.inf
 
     async def step(self) -> None:
         """One poll, and what it calls for: vote, switch, record activation, catch up."""
@@ -203,6 +220,7 @@ class ReadModeLease:
             # earlier epoch returned: once it is pushed, Redis is at least that new.
             await failpoints.hit("cache.read_mode.before_catch_up")
             current.caught_up = await self._catch_up()
+            self._refresh_window()
 
     async def _switch(self, epoch: int, mode: Source) -> None:
         await failpoints.hit("cache.read_mode.before_switch")

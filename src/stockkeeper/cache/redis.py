@@ -210,13 +210,13 @@ class RedisCache:
         A read counts as served from a source only if this worker still held its lease when
         the answer was decided, so the lease is checked again once the answer is in."""
         mode = self._mode
-        if self._up and mode.source(time.monotonic()) is Source.REDIS:
+        if self._up and mode.redis_from_s <= time.monotonic() < mode.redis_until_s:
             try:
                 read = await self._read_redis(sku, min_version)
             except CACHE_ERRORS as error:
                 self._trip(error)
             else:
-                if mode.source(time.monotonic()) is Source.REDIS:
+                if time.monotonic() < mode.redis_until_s:
                     return read
         return await self._read_elsewhere(sku, min_version)
 
@@ -260,7 +260,7 @@ class RedisCache:
     async def read_many(self, skus: Sequence[str]) -> list[ItemRead | None]:
         """One round trip for the whole batch when every SKU is cached (pipelined)."""
         mode = self._mode
-        if self._up and mode.source(time.monotonic()) is Source.REDIS:
+        if self._up and mode.redis_from_s <= time.monotonic() < mode.redis_until_s:
             try:
                 replies = await asyncio.gather(*(self._read_script(sku) for sku in skus))
                 reads = await asyncio.gather(
@@ -269,7 +269,7 @@ class RedisCache:
             except CACHE_ERRORS as error:
                 self._trip(error)
             else:
-                if mode.source(time.monotonic()) is Source.REDIS:
+                if time.monotonic() < mode.redis_until_s:
                     return list(reads)
         return list(await asyncio.gather(*(self._read_elsewhere(sku, None) for sku in skus)))
 
