@@ -42,8 +42,8 @@ VISIBILITY_LAG = Histogram(
 )
 CACHE_TRIPS = Counter(
     "stockkeeper_cache_degraded_trips_total",
-    "Times this process stopped trusting Redis (unreachable, late, or answering errors) and "
-    "began reading from the database until it recovers.",
+    "Times this process stopped trusting Redis (unreachable, late, or answering errors): it "
+    "serves no hit until it recovers, and the cluster reads from the database meanwhile.",
 )
 READ_MODE_SWITCHES = Counter(
     "stockkeeper_read_mode_switches_total",

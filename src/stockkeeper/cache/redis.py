@@ -173,7 +173,9 @@ class RedisCache:
         if self._up:
             metrics.CACHE_TRIPS.inc()
             log.warning(
-                "cache unreachable (%s): reading from the database until it recovers", error
+                "cache unreachable (%s): no hits until it recovers; the cluster reads from "
+                "the database meanwhile",
+                error,
             )
         self._up = False
         self._mode.poke()
