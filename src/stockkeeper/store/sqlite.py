@@ -168,6 +168,11 @@ class _Connection:
         rows = await self.execute(sql, *params)
         return rows[0] if rows else None
 
+    def rollback_if_open(self) -> None:
+        """On this connection's thread only."""
+        if self.conn is not None and self.conn.in_transaction:
+            self.conn.execute("ROLLBACK")
+
     async def close(self) -> None:
         if self.conn is not None:
             await self.run(self.conn.close)
@@ -333,13 +338,16 @@ class SqliteStore:
     async def _in_tx(self, op: Callable[[], Any]) -> Any:
         async def attempt() -> Any:
             async with self._writer_free():
-                await self._writer.execute("BEGIN IMMEDIATE")
                 try:
+                    await self._writer.execute("BEGIN IMMEDIATE")
                     result = await op()
+                    await self._writer.execute("COMMIT")
                 except BaseException:
-                    await self._writer.execute("ROLLBACK")
+                    # Cancelled too: the writer's thread may have begun a transaction (or failed
+                    # to commit one) that this coroutine never saw end. Left open, it would hold
+                    # the database's write lock for every process until this one exits.
+                    await asyncio.shield(self._writer.run(self._writer.rollback_if_open))
                     raise
-                await self._writer.execute("COMMIT")
                 return result
 
         return await retrying(attempt, _transient, self._retry)
