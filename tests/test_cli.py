@@ -84,6 +84,12 @@ def assert_one_line_error(result: Run) -> str:
     return lines[0]
 
 
+async def make_database(database_url: str) -> None:
+    """Create stockkeeper's schema, as the first `serve` does: token commands need it."""
+    async with await Inventory.open(database_url):
+        pass
+
+
 async def authenticates_as(database_url: str, token: str) -> Principal:
     async with await Inventory.open(database_url) as inventory:
         return await inventory.authenticate(token)
@@ -97,6 +103,7 @@ async def test_token_create_prints_the_token_alone(
     database_url: str, tmp_path: Path, role: Role
 ) -> None:
     name = f"till-{role.name.lower()}"
+    await make_database(database_url)
     args = ("token", "create", name, "--role", role.name.lower(), "--database", database_url)
     result = await run(*args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -109,6 +116,7 @@ async def test_token_create_prints_the_token_alone(
 async def test_token_create_reads_the_database_from_the_environment(
     sqlite_url: str, tmp_path: Path
 ) -> None:
+    await make_database(sqlite_url)
     args = ("token", "create", "envy", "--role", "reader")
     result = await run(*args, cwd=tmp_path, STOCKKEEPER_DATABASE_URL=sqlite_url)
     assert result.returncode == 0, result.stderr
@@ -138,8 +146,118 @@ async def test_token_create_rejects_a_bad_role(
 
 @pytest.mark.parametrize("name", ["", "caf\u00e9", "x" * 256])
 async def test_token_create_rejects_a_bad_name(sqlite_url: str, tmp_path: Path, name: str) -> None:
+    await make_database(sqlite_url)
     args = ("token", "create", name, "--role", "clerk", "--database", sqlite_url)
-    assert "name" in assert_one_line_error(await run(*args, cwd=tmp_path))
+    line = assert_one_line_error(await run(*args, cwd=tmp_path))
+    assert line.count("name:") == 1, line
+
+
+async def test_token_create_with_an_empty_name_says_so_once(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    await make_database(sqlite_url)
+    args = ("token", "create", "", "--role", "clerk", "--database", sqlite_url)
+    line = assert_one_line_error(await run(*args, cwd=tmp_path))
+    assert line == "Error: name: required: a token needs a name, it becomes the audit user"
+
+
+# --- one live token per name ------------------------------------------------------------------
+
+
+async def test_token_create_refuses_the_name_of_a_live_token_and_reuses_a_revoked_ones(
+    database_url: str, tmp_path: Path
+) -> None:
+    await make_database(database_url)
+    create = ("token", "create", "till", "--database", database_url, "--role")
+    first = await run(*create, "clerk", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    taken = assert_one_line_error(await run(*create, "admin", cwd=tmp_path))
+    assert taken == (
+        "Error: name: live token 1 is already named 'till'; revoke it first "
+        "(stockkeeper token revoke 1) or choose another name"
+    )
+    listed = await run("token", "list", "--database", database_url, cwd=tmp_path)
+    assert [row[:3] for row in table(listed.stdout)[1:]] == [["1", "till", "clerk"]]
+
+    revoked = await run("token", "revoke", "1", "--database", database_url, cwd=tmp_path)
+    assert revoked.returncode == 0, revoked.stderr
+    again = await run(*create, "admin", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    token = again.stdout.strip()
+    assert await authenticates_as(database_url, token) == Principal("till", Role.ADMIN)
+    assert assert_one_line_error(await run(*create, "reader", cwd=tmp_path)).startswith(
+        "Error: name: live token 2 is already named 'till'"
+    )
+
+
+# --- token commands never create a database -----------------------------------------------------
+
+TOKEN_COMMANDS = {
+    "create": ("token", "create", "checkout", "--role", "clerk"),
+    "list": ("token", "list"),
+    "revoke": ("token", "revoke", "1"),
+}
+NO_DATABASE_HINT = "; pass --database or set STOCKKEEPER_DATABASE_URL"
+
+
+def files_in(folder: Path) -> list[str]:
+    return sorted(path.name for path in folder.iterdir())
+
+
+@pytest.mark.parametrize("args", TOKEN_COMMANDS.values(), ids=TOKEN_COMMANDS.keys())
+async def test_token_commands_in_an_empty_folder_make_no_database(
+    tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    line = assert_one_line_error(await run(*args, cwd=tmp_path))
+    assert line == f"Error: no stockkeeper database at stockkeeper.db{NO_DATABASE_HINT}"
+    assert files_in(tmp_path) == [], "no database file (or journal) left behind"
+
+
+@pytest.mark.parametrize("args", TOKEN_COMMANDS.values(), ids=TOKEN_COMMANDS.keys())
+async def test_token_commands_refuse_a_postgres_database_without_the_schema(
+    postgres_url: str, tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    password_url = postgres_url.replace("postgres@", "postgres:hunter2@", 1)  # trust: ignored
+    line = assert_one_line_error(await run(*args, "--database", password_url, cwd=tmp_path))
+    assert line == f"Error: no stockkeeper database at {postgres_url}{NO_DATABASE_HINT}"
+    schema = postgres_url.partition("search_path=")[2]
+    conn = await asyncpg.connect(postgres_url.partition("?")[0])
+    try:
+        tables = await conn.fetch(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = $1", schema
+        )
+    finally:
+        await conn.close()
+    assert tables == [], "refused, not migrated"
+
+
+async def test_token_commands_say_which_database_they_used_without_its_password(
+    database_url: str, tmp_path: Path
+) -> None:
+    await make_database(database_url)
+    given = database_url.replace("postgres@", "postgres:hunter2@", 1)
+    shown = f"using database {database_url}\n"
+    made = await run(
+        "token", "create", "kiosk", "--role", "reader", "--database", given, cwd=tmp_path
+    )
+    assert made.returncode == 0 and made.stderr == shown, made
+    token = made.stdout.removesuffix("\n")
+    assert made.stdout == token + "\n" and token.startswith("sk_"), "the token alone on stdout"
+    listed = await run("token", "list", "--database", given, cwd=tmp_path)
+    assert listed.returncode == 0 and listed.stderr == shown, listed
+    revoked = await run("token", "revoke", "1", "--database", given, cwd=tmp_path)
+    assert revoked.returncode == 0 and revoked.stderr == shown, revoked
+    assert "hunter2" not in made.stderr + listed.stderr + revoked.stderr
+
+
+async def test_token_create_uses_an_existing_default_database(tmp_path: Path) -> None:
+    await make_database(f"sqlite:///{tmp_path / 'stockkeeper.db'}")
+    made = await run("token", "create", "kiosk", "--role", "reader", cwd=tmp_path)
+    assert made.returncode == 0, made
+    assert made.stderr == "using database sqlite:///stockkeeper.db\n"
+    token = made.stdout.strip()
+    database_url = f"sqlite:///{tmp_path / 'stockkeeper.db'}"
+    assert await authenticates_as(database_url, token) == Principal("kiosk", Role.READER)
 
 
 # --- token list and revoke -------------------------------------------------------------------
@@ -220,6 +338,7 @@ async def test_token_revoke_of_an_unknown_or_revoked_id_is_a_one_line_error(
 async def test_token_revoke_rejects_a_malformed_id(
     sqlite_url: str, tmp_path: Path, token_id: str, says: str
 ) -> None:
+    await make_database(sqlite_url)
     result = await run("token", "revoke", token_id, "--database", sqlite_url, cwd=tmp_path)
     assert result.returncode != 0 and result.stdout == ""
     assert "Traceback" not in result.stderr
@@ -384,11 +503,57 @@ async def test_serve_prints_the_first_admin_token_once(tmp_path: Path) -> None:
 
 async def test_serve_prints_no_token_when_tokens_exist(tmp_path: Path) -> None:
     database_url = f"sqlite:///{tmp_path / 'served.db'}"
+    await make_database(database_url)
     made = await run(
         "token", "create", "ops", "--role", "admin", "--database", database_url, cwd=tmp_path
     )
     assert made.returncode == 0, made.stderr
-    assert printed_tokens(await serve_until_healthy(database_url, tmp_path)) == []
+    served = await serve_until_healthy(database_url, tmp_path)
+    assert printed_tokens(served) == []
+    assert "no live admin token" not in served.stdout + served.stderr
+
+
+def no_admin_warnings(result: Run, database_url: str) -> list[str]:
+    lines = [line for line in result.stderr.splitlines() if "no live admin token" in line]
+    command = f"stockkeeper token create NAME --role admin --database {database_url}"
+    assert all(command in line for line in lines), lines
+    return lines
+
+
+async def test_serve_warns_when_no_live_admin_token_exists(
+    database_url: str, tmp_path: Path
+) -> None:
+    """A clerk token made before the first start: the database is not empty, so no admin
+    token is printed; `serve` must say there is none and how to make one."""
+    await make_database(database_url)
+    made = await run(*TOKEN_CREATE, database_url, cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    served = await serve_until_healthy(database_url, tmp_path)
+    assert printed_tokens(served) == []
+    assert len(no_admin_warnings(served, database_url)) == 1, served.stderr
+
+    admin = await run(
+        "token", "create", "ops", "--role", "admin", "--database", database_url, cwd=tmp_path
+    )
+    assert admin.returncode == 0, admin.stderr
+    assert no_admin_warnings(await serve_until_healthy(database_url, tmp_path), database_url) == []
+
+    revoked = await run("token", "revoke", "2", "--database", database_url, cwd=tmp_path)
+    assert revoked.returncode == 0, revoked.stderr
+    served = await serve_until_healthy(database_url, tmp_path)
+    assert len(no_admin_warnings(served, database_url)) == 1, "a revoked admin is no admin"
+
+
+async def test_serve_names_the_database_without_its_password_in_the_warning(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    await make_database(postgres_url)
+    async with await Inventory.open(postgres_url) as inventory:
+        await inventory.create_token("checkout", Role.CLERK)
+    given = postgres_url.replace("postgres@", "postgres:hunter2@", 1)  # trust: ignored
+    served = await serve_until_healthy(given, tmp_path)
+    assert len(no_admin_warnings(served, postgres_url)) == 1, served.stderr
+    assert "hunter2" not in served.stdout + served.stderr
 
 
 def test_the_command_is_installed_beside_this_python() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
+import secrets
 import socket
 import sys
 import tempfile
@@ -15,9 +16,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from stockkeeper.cache import DEFAULT_CACHE_URL, ping_cache
-from stockkeeper.domain import Role, StockkeeperError, TokenInfo, format_timestamp
+from stockkeeper.domain import NoDatabase, Role, StockkeeperError, TokenInfo, format_timestamp
 from stockkeeper.service import Inventory
-from stockkeeper.store import DEFAULT_DATABASE_URL, StoreOptions
+from stockkeeper.store import DEFAULT_DATABASE_URL, StoreOptions, display_url
 
 if TYPE_CHECKING:
     from stockkeeper.bench.cluster import Cluster
@@ -61,6 +62,10 @@ def _run(op: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """Run one async step; a database or cache fault becomes a one-line error and exit 1."""
     try:
         return asyncio.run(op())
+    except NoDatabase as error:
+        raise click.ClickException(
+            f"{error}; pass --database or set STOCKKEEPER_DATABASE_URL"
+        ) from None
     except (StockkeeperError, ValueError, OSError) as error:
         raise click.ClickException(
             str(error).splitlines()[0] if str(error) else repr(error)
@@ -88,16 +93,26 @@ def serve_app(
     granian. The benchmark's baseline servers (stockkeeper.bench.baselines) start through here
     too, so they differ from the real server only in the app."""
 
-    async def prepare() -> str | None:
+    async def prepare() -> tuple[str | None, bool]:
         await ping_cache(cache_url)
         async with await Inventory.open(database_url, StoreOptions(pool_size=1)) as inventory:
-            return await inventory.create_first_admin_token()
+            first = await inventory.create_first_admin_token()
+            tokens = [] if first is not None else await inventory.list_tokens()
+            return first, first is not None or any(_live_admin(info) for info in tokens)
 
     _check_can_listen(host, port)
-    first_token = _run(prepare)
+    first_token, has_admin = _run(prepare)
     if first_token is not None:
         click.echo("stockkeeper: first start on an empty database; the admin token (shown once):")
         click.echo(first_token)
+    elif not has_admin:
+        # Tokens made before the first start (a clerk, say) leave the database non-empty, so
+        # no admin token was printed; and all of them may since have been revoked.
+        click.echo(
+            "stockkeeper: warning: no live admin token in this database; make one with "
+            f"`stockkeeper token create NAME --role admin --database {display_url(database_url)}`",
+            err=True,
+        )
     sys.stdout.flush()
 
     os.environ["STOCKKEEPER_DATABASE_URL"] = database_url
@@ -128,6 +143,21 @@ def serve_app(
         raise click.ClickException(f"cannot serve on {host}:{port}: {error}") from None
 
 
+def _live_admin(info: TokenInfo) -> bool:
+    return info.role is Role.ADMIN and info.revoked_at is None
+
+
+def _open_existing(database_url: str) -> Coroutine[Any, Any, Inventory]:
+    """Open the database for a token command: never create one (a token in a new database,
+    forgotten `--database`, would work nowhere), but upgrade an existing one."""
+    return Inventory.open(database_url, StoreOptions(pool_size=1), create=False)
+
+
+def _used(database_url: str) -> None:
+    """Say on stderr which database a token command used (never its password)."""
+    click.echo(f"using database {display_url(database_url)}", err=True)
+
+
 def _check_can_listen(host: str, port: int) -> None:
     """Fail with one line, before touching the database, if the address cannot be bound."""
     try:
@@ -151,10 +181,12 @@ def token_create(name: str, role: str, database_url: str) -> None:
     """Create a token for NAME and print it alone on stdout (only its hash is stored)."""
 
     async def create() -> str:
-        async with await Inventory.open(database_url, StoreOptions(pool_size=1)) as inventory:
+        async with await _open_existing(database_url) as inventory:
             return await inventory.create_token(name, Role.parse(role))
 
-    click.echo(_run(create))
+    token = _run(create)
+    _used(database_url)
+    click.echo(token)
 
 
 @token.command("list")
@@ -164,11 +196,13 @@ def token_list(database_url: str) -> None:
     token itself)."""
 
     async def listing() -> list[TokenInfo]:
-        async with await Inventory.open(database_url, StoreOptions(pool_size=1)) as inventory:
+        async with await _open_existing(database_url) as inventory:
             return await inventory.list_tokens()
 
+    tokens = _run(listing)
+    _used(database_url)
     rows = [("ID", "NAME", "ROLE", "CREATED", "REVOKED")]
-    for info in _run(listing):
+    for info in tokens:
         revoked = "no" if info.revoked_at is None else format_timestamp(info.revoked_at)
         role, created = info.role.name.lower(), format_timestamp(info.created_at)
         rows.append((str(info.id), info.name, role, created, revoked))
@@ -185,10 +219,11 @@ def token_revoke(token_id: int, database_url: str) -> None:
     """End the token with id ID (see `token list`); every server refuses it within 1 s."""
 
     async def revoke() -> TokenInfo:
-        async with await Inventory.open(database_url, StoreOptions(pool_size=1)) as inventory:
+        async with await _open_existing(database_url) as inventory:
             return await inventory.revoke_token(token_id)
 
     info = _run(revoke)
+    _used(database_url)
     click.echo(f"revoked token {info.id} ({info.name}, {info.role.name.lower()})")
 
 
@@ -475,3 +510,76 @@ def bench_mixed(
             click.echo(f"wrote {path}", err=True)
     _write_json(where["json_path"], result)
     sys.exit(exit_code(runs))
+
+
+@main.command("verify")
+@click.option(
+    "--url", "urls", multiple=True, required=True, help="A running server (repeat for each)."
+)
+@click.option("--token", required=True, envvar="STOCKKEEPER_VERIFY_TOKEN", help="An admin token.")
+@click.option("--seconds", default=10.0, show_default=True, type=click.FloatRange(0.5, 86_400))
+@click.option("--seed", default=None, type=int, help="Fixes the schedule (default: random).")
+@click.option("--concurrency", default=16, show_default=True, type=click.IntRange(1, 1_000))
+@click.option("--json", "json_path", default=None, help="Write counts and examples here.")
+def verify_command(
+    urls: tuple[str, ...],
+    token: str,
+    seconds: float,
+    seed: int | None,
+    concurrency: int,
+    json_path: str | None,
+) -> None:
+    """Run a recorded, seeded mixed history (reads, batch and min_version reads, purchases,
+    restocks, orders, sets, idempotent repeats) against running servers, on SKUs of its own
+    (verify-<seed>-<run>-<n>, left at 0), and judge it against the audit log. Prints the verdict
+    and the count per rule. Exit 0: everything holds; 1: a violation; 2: it could not run.
+    Ctrl-C stops early and judges what was recorded."""
+    import aiohttp
+
+    from stockkeeper.verify.run import CannotRun, VerifyOptions, verify
+
+    seed = seed if seed is not None else secrets.randbelow(2**31)
+    options = VerifyOptions(urls, token, seconds, seed, concurrency)
+    on_tty, last = sys.stderr.isatty(), [0.0]
+
+    def progress(elapsed_s: float, ops: int) -> None:
+        if on_tty:
+            done = int(30 * elapsed_s / seconds)
+            click.echo(
+                f"\r[{'#' * done}{'.' * (30 - done)}] {ops:,} operations", nl=False, err=True
+            )
+        elif elapsed_s - last[0] >= 5:
+            last[0] = elapsed_s
+            click.echo(f"verify: {elapsed_s:.0f} s, {ops:,} operations", err=True)
+
+    try:
+        report = asyncio.run(verify(options, progress))
+    except (CannotRun, OSError, aiohttp.ClientError, TimeoutError) as error:
+        click.echo(f"verify could not run: {error or type(error).__name__}", err=True)
+        sys.exit(2)
+    if on_tty:
+        click.echo(err=True)
+    click.echo(
+        f"verify: {len(urls)} server(s), {concurrency} clients, {report.seconds:.1f} s, "
+        f"seed {seed}: {len(report.ops):,} operations on {len(report.skus)} SKUs"
+    )
+    counts = report.counts()
+    for rule, count in counts.items():
+        click.echo(f"  {rule:<18} {count:>8}")
+    click.echo(f"  {'indeterminate':<18} {report.verdict.indeterminate:>8}  (either way is fine)")
+    for example in [*report.verdict.examples[:10], *report.replay_mismatches[:10]]:
+        click.echo(f"  ! {example}")
+    click.echo(f"verdict: {'CORRECT' if report.ok else 'WRONG'}")
+    _write_json(
+        json_path,
+        {
+            "seed": seed,
+            "ok": report.ok,
+            "operations": len(report.ops),
+            "counts": counts,
+            "indeterminate": report.verdict.indeterminate,
+            "examples": [str(v) for v in report.verdict.examples[:100]],
+            "replay_mismatches": report.replay_mismatches[:100],
+        },
+    )
+    sys.exit(0 if report.ok else 1)

@@ -236,6 +236,31 @@ class InvalidRequest(StockkeeperError):
         return {"errors": [{"field": e.field, "message": e.message} for e in self.errors]}
 
 
+class TokenNameTaken(InvalidRequest):
+    """A live (unrevoked) token already has this name: two would make the audit `user`
+    ambiguous. A revoked token's name may be reused."""
+
+    def __init__(self, name: str, token_id: int) -> None:
+        self.name = name
+        self.token_id = token_id
+        message = (
+            f"live token {token_id} is already named {name!r}; revoke it first "
+            f"(stockkeeper token revoke {token_id}) or choose another name"
+        )
+        super().__init__([FieldError("name", message)])
+
+
+class NoDatabase(StockkeeperError):
+    """The database holds no stockkeeper schema (or the SQLite file does not exist), and the
+    caller asked not to create one."""
+
+    code = "no_database"
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+        super().__init__(f"no stockkeeper database at {where}")
+
+
 class UnknownSku(StockkeeperError):
     code = "unknown_sku"
 

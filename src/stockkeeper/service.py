@@ -27,6 +27,7 @@ from stockkeeper.domain import (
     Item,
     ItemRead,
     LineChange,
+    NoDatabase,
     OrderLine,
     Principal,
     Reason,
@@ -41,7 +42,7 @@ from stockkeeper.domain import (
     format_timestamp,
 )
 from stockkeeper.live_tokens import LiveTokens
-from stockkeeper.store import DEFAULT_DATABASE_URL, Store, StoreOptions, open_store
+from stockkeeper.store import DEFAULT_DATABASE_URL, Store, StoreOptions, display_url, open_store
 
 VERSION_MAX = 2**63 - 1
 READ_MANY_MAX = 100
@@ -69,13 +70,18 @@ class Inventory:
         cache_url: str = DEFAULT_CACHE_URL,
         redis_options: RedisCacheOptions | None = None,
         migrate: bool = True,
+        create: bool = True,
         cache: Callable[[Store], Awaitable[ReadCache]] | None = None,
     ) -> Inventory:
         """Connect to the database (creating or upgrading its schema) and start the cache
         `cache_url` names: `memory://` (in-process) or `redis://…` (shared); or, given
-        `cache`, the one it opens over the store (an embedder's own, a benchmark's baseline)."""
-        store = await open_store(database_url, options)
+        `cache`, the one it opens over the store (an embedder's own, a benchmark's baseline).
+        With `create=False`, a database without stockkeeper's schema (or a missing SQLite file,
+        left missing) is refused with NoDatabase; an existing one is still upgraded."""
+        store = await open_store(database_url, options, create=create)
         try:
+            if not create and not await store.has_schema():
+                raise NoDatabase(display_url(database_url))
             if migrate:
                 await store.migrate()
             if cache is None:
@@ -297,8 +303,10 @@ class Inventory:
     async def create_token(self, name: str, role: Role) -> str:
         """Make a token for `name` with `role`; only its hash is stored, so show it once."""
         checks = Checks()
-        if checks.optional_text("name", name) is None:
-            checks.fail("name", "a token needs a name: it becomes the audit user")
+        if name is None or name == "":
+            checks.fail("name", "required: a token needs a name, it becomes the audit user")
+        else:
+            checks.optional_text("name", name)
         checks.raise_if_any()
         token = auth.new_token()
         token_hash = auth.token_hash(token, await self.store.token_key())

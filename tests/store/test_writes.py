@@ -34,6 +34,7 @@ from stockkeeper.domain import (
     Role,
     Shortage,
     StockkeeperError,
+    TokenNameTaken,
     Unauthenticated,
     Unavailable,
     UnknownSku,
@@ -632,6 +633,25 @@ async def test_tokens_are_stored_hashed(inventory: Inventory, database_url: str)
         assert secret not in repr(values)
         assert not any(secret.encode() in v for v in values if isinstance(v, bytes))
         assert not any(secret in v for v in values if isinstance(v, str))
+
+
+async def test_concurrent_creates_of_one_name_from_two_processes_make_one_live_token(
+    inventory: Inventory, database_url: str
+) -> None:
+    """The store checks the name in the inserting transaction: two servers (here two
+    Inventories, each its own pool) racing to make "till" leave one live token of that name."""
+    async with await Inventory.open(database_url) as other:
+        outcomes = await asyncio.gather(
+            *((inventory if n % 2 else other).create_token("till", Role.CLERK) for n in range(8)),
+            return_exceptions=True,
+        )
+    made = [o for o in outcomes if isinstance(o, str)]
+    refused = [o for o in outcomes if isinstance(o, TokenNameTaken)]
+    assert (len(made), len(refused)) == (1, 7), outcomes
+    (live,) = [t for t in await inventory.list_tokens() if t.name == "till"]
+    assert {error.token_id for error in refused} == {live.id}
+    assert refused[0].code == "invalid_request" and refused[0].errors[0].field == "name"
+    assert await inventory.authenticate(made[0]) == Principal("till", Role.CLERK)
 
 
 @pytest.mark.parametrize("name", ["", "é", "x" * 256, None])

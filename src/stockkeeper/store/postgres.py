@@ -39,8 +39,10 @@ from stockkeeper.store.sql_tx import Row, SqlTx
 from stockkeeper.store.token_sql import (
     BUMP_TOKEN_GENERATION,
     LIVE_TOKENS,
+    POSTGRES_HAS_SCHEMA,
     TOKEN_GENERATION,
     generation,
+    refuse_taken_name,
     row_principal,
     token_info,
 )
@@ -469,8 +471,19 @@ class PostgresStore:
             self._token_key = bytes.fromhex(value)
         return self._token_key
 
+    async def has_schema(self) -> bool:
+        return bool(await self._run(lambda conn: conn.fetchval(POSTGRES_HAS_SCHEMA)))
+
     async def add_token(self, token_hash: bytes, principal: Principal) -> None:
         async def run(conn: asyncpg.Connection) -> None:
+            # The lock add_first_admin takes: no other token insert between check and insert,
+            # so no two live tokens share a name, also when two hosts create one at once.
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK_ID)
+            live_id = await conn.fetchval(
+                "SELECT id FROM tokens WHERE name = $1 AND revoked_at IS NULL ORDER BY id LIMIT 1",
+                principal.name,
+            )
+            refuse_taken_name(principal.name, live_id)
             await conn.execute(
                 "INSERT INTO tokens (hash, name, role) VALUES ($1, $2, $3)",
                 token_hash,

@@ -107,8 +107,13 @@ class Store(Protocol):
         """The deployment's secret key for hashing tokens (made by migrate)."""
         ...
 
+    async def has_schema(self) -> bool:
+        """Whether stockkeeper's schema (its stockkeeper_meta table) exists here; makes nothing."""
+        ...
+
     async def add_token(self, token_hash: bytes, principal: Principal) -> None:
-        """Store a token and move the token change counter, in one transaction."""
+        """Store a token and move the token change counter, in one transaction; TokenNameTaken
+        (nothing stored) if a live token already has the principal's name."""
         ...
 
     async def add_first_admin(self, token_hash: bytes, name: str) -> bool:

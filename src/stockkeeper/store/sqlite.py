@@ -27,6 +27,7 @@ from stockkeeper.domain import (
     Busy,
     FeedEntry,
     Item,
+    NoDatabase,
     Principal,
     Receipt,
     TokenInfo,
@@ -41,8 +42,10 @@ from stockkeeper.store.sql_tx import Row, SqlTx
 from stockkeeper.store.token_sql import (
     BUMP_TOKEN_GENERATION,
     LIVE_TOKENS,
+    SQLITE_HAS_SCHEMA,
     TOKEN_GENERATION,
     generation,
+    refuse_taken_name,
     row_principal,
     token_info,
 )
@@ -313,7 +316,12 @@ class SqliteStore:
         self._local_view: _SqliteLocalView | None = None
 
     @classmethod
-    async def connect(cls, path: str, options: StoreOptions | None = None) -> SqliteStore:
+    async def connect(
+        cls, path: str, options: StoreOptions | None = None, *, create: bool = True
+    ) -> SqliteStore:
+        """Open the file at `path`, made if missing unless `create` is False (NoDatabase)."""
+        if not create and path != ":memory:" and not _is_file(path):
+            raise NoDatabase(path)
         if path != ":memory:" and not Path(path).parent.is_dir():
             raise Unavailable(f"cannot open database {path}: no such directory")
         store = cls(path, options or StoreOptions())
@@ -408,8 +416,18 @@ class SqliteStore:
             self._token_key = bytes.fromhex(row["value"])
         return self._token_key
 
+    async def has_schema(self) -> bool:
+        return await self._reader.first(SQLITE_HAS_SCHEMA) is not None
+
     async def add_token(self, token_hash: bytes, principal: Principal) -> None:
         async def run() -> None:
+            # BEGIN IMMEDIATE holds the write lock: no other writer between check and insert.
+            live = await self._writer.first(
+                "SELECT rowid AS id FROM tokens WHERE name = ? AND revoked_at IS NULL "
+                "ORDER BY rowid LIMIT 1",
+                principal.name,
+            )
+            refuse_taken_name(principal.name, None if live is None else live["id"])
             await self._writer.execute(
                 "INSERT INTO tokens (hash, name, role, created_at) VALUES (?, ?, ?, ?)",
                 token_hash,
@@ -522,6 +540,10 @@ class SqliteStore:
             self._local_view.close()
         await self._reader.close()
         await self._writer.close()
+
+
+def _is_file(path: str) -> bool:
+    return Path(path).is_file()
 
 
 def _token_info(row: sqlite3.Row) -> TokenInfo:

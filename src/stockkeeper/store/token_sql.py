@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from stockkeeper.domain import Principal, Role, TokenInfo
+from stockkeeper.domain import Principal, Role, TokenInfo, TokenNameTaken
 from stockkeeper.store.sql_tx import Row
 
 TOKEN_GENERATION = "SELECT value FROM stockkeeper_meta WHERE key = 'token_generation'"
@@ -19,6 +19,16 @@ BUMP_TOKEN_GENERATION = (
     "SET value = CAST(CAST(stockkeeper_meta.value AS bigint) + 1 AS text)"
 )
 LIVE_TOKENS = "SELECT hash, name, role FROM tokens WHERE revoked_at IS NULL"
+# Whether stockkeeper's schema exists, without making it (tokens commands refuse to create it).
+SQLITE_HAS_SCHEMA = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'stockkeeper_meta'"
+POSTGRES_HAS_SCHEMA = "SELECT to_regclass('stockkeeper_meta') IS NOT NULL"
+
+
+def refuse_taken_name(name: str, live_id: int | None) -> None:
+    """Raise TokenNameTaken if a live token (id `live_id`) already has `name`: the audit `user`
+    must name one token. Called in the inserting transaction, after the check's query."""
+    if live_id is not None:
+        raise TokenNameTaken(name, live_id)
 
 
 def generation(value: str | None) -> int:
