@@ -24,7 +24,15 @@ from stockkeeper.cache.read_mode import ReadModeLease, ReadModeOptions, ReadSour
 from stockkeeper.cache.resp import CacheReplyError, CacheUnavailable, RespClient
 from stockkeeper.cache.scripts import FillReply, ReadReply
 from stockkeeper.cache.tailer import FeedTailer
-from stockkeeper.domain import Change, FeedEntry, Item, ItemRead, ReadsRefused, Unavailable
+from stockkeeper.domain import (
+    Busy,
+    Change,
+    FeedEntry,
+    Item,
+    ItemRead,
+    ReadsRefused,
+    Unavailable,
+)
 from stockkeeper.store import Store
 
 log = logging.getLogger("stockkeeper.cache")
@@ -243,6 +251,13 @@ class RedisCache:
                             continue
                     except CACHE_ERRORS as error:
                         self._trip(error)
+                        continue
+                    except Busy:
+                        raise  # overload: waiting here would only add to it
+                    except Unavailable:
+                        # The database may be back at the next lease poll (a restart): a
+                        # short wait serves more readers than a 503 at once.
+                        await self._mode.changed(wait_ms / 1000)
                         continue
                     if self._mode.source(time.monotonic()) is source:
                         return read
