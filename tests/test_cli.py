@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from stockkeeper import auth
-from stockkeeper.domain import Principal, Role, Unauthenticated
+from stockkeeper.domain import Principal, Role, Unauthenticated, Unavailable
 from stockkeeper.service import Inventory
 from tests.processes import STOCKKEEPER, free_port
 
@@ -461,14 +461,38 @@ async def test_an_unusable_database_or_cache_is_a_one_line_error(
     assert result.seconds < 15, "a dead dependency must fail the start fast"
 
 
+async def test_serve_reports_the_database_before_the_cache_and_names_its_host(
+    tmp_path: Path,
+) -> None:
+    """Both unusable: the one line is about the database (the first thing to fix), naming
+    where it looked, without the password."""
+    database = "postgresql://postgres:hunter2@nohost.invalid:5432/x"
+    args = ("serve", "--database", database, "--cache", "redis://127.0.0.1:1/0")
+    line = assert_one_line_error(await run(*args, "--port", str(free_port()), cwd=tmp_path))
+    assert line.startswith("Error: database unreachable at "), line
+    assert "nohost.invalid:5432" in line
+    assert "hunter2" not in line
+    assert "redis" not in line.lower() and "cache" not in line.lower(), line
+
+
+async def test_inventory_open_names_the_database_before_the_cache() -> None:
+    with pytest.raises(Unavailable, match=r"database unreachable at .*nohost\.invalid:5432"):
+        await Inventory.open(
+            "postgresql://postgres@nohost.invalid:5432/x", cache_url=UNREACHABLE_REDIS
+        )
+
+
 # --- serve ----------------------------------------------------------------------------------
 
 
-async def serve_until_healthy(database_url: str, cwd: Path) -> Run:
-    """Start `serve`, wait for /healthz, stop it with SIGTERM; what it printed."""
+async def serve_until_healthy(database_url: str, cwd: Path, *args: str, **settings: str) -> Run:
+    """Start `serve` (with `args` and environment `settings`), wait for /healthz, stop it with
+    SIGTERM; what it printed."""
     port = free_port()
     started = time.monotonic()
-    proc = await start("serve", "--port", str(port), "--database", database_url, cwd=cwd)
+    proc = await start(
+        "serve", "--port", str(port), "--database", database_url, *args, cwd=cwd, **settings
+    )
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=2) as http:
         while True:
             if proc.returncode is not None or time.monotonic() - started > START_TIMEOUT_S:
@@ -570,3 +594,22 @@ async def test_serve_on_a_taken_port_is_a_one_line_error_before_any_token(tmp_pa
     line = assert_one_line_error(result)
     assert f"cannot listen on 127.0.0.1:{port}" in line
     assert not (tmp_path / "served.db").exists(), "no database (or admin token) made for nothing"
+
+
+@pytest.mark.parametrize("own_folder", [False, True], ids=["made-by-serve", "the-users"])
+async def test_serve_with_workers_removes_only_the_metrics_folder_it_made(
+    tmp_path: Path, own_folder: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)  # `environment()` copies it
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    settings = {"TMPDIR": str(temp)}
+    users = tmp_path / "metrics"
+    if own_folder:
+        users.mkdir()
+        settings["PROMETHEUS_MULTIPROC_DIR"] = str(users)
+    database_url = f"sqlite:///{tmp_path / 'served.db'}"
+    await serve_until_healthy(database_url, tmp_path, "--workers", "2", **settings)
+    assert list(temp.glob("stockkeeper-metrics-*")) == []
+    if own_folder:
+        assert users.is_dir() and any(users.iterdir()), "the user's folder, kept as it was"

@@ -7,6 +7,7 @@ import asyncio
 import multiprocessing
 import os
 import secrets
+import shutil
 import socket
 import sys
 import tempfile
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from stockkeeper.cache import DEFAULT_CACHE_URL, ping_cache
+from stockkeeper.cache import DEFAULT_CACHE_URL, check_cache_url, ping_cache
 from stockkeeper.domain import NoDatabase, Role, StockkeeperError, TokenInfo, format_timestamp
 from stockkeeper.service import Inventory
 from stockkeeper.store import DEFAULT_DATABASE_URL, StoreOptions, display_url
@@ -94,8 +95,11 @@ def serve_app(
     too, so they differ from the real server only in the app."""
 
     async def prepare() -> tuple[str | None, bool]:
-        await ping_cache(cache_url)
+        check_cache_url(cache_url)
+        # The database first, so the first error is the one to fix first; the cache before the
+        # first admin token, which a failed start would otherwise make and never print.
         async with await Inventory.open(database_url, StoreOptions(pool_size=1)) as inventory:
+            await ping_cache(cache_url)
             first = await inventory.create_first_admin_token()
             tokens = [] if first is not None else await inventory.list_tokens()
             return first, first is not None or any(_live_admin(info) for info in tokens)
@@ -117,9 +121,11 @@ def serve_app(
 
     os.environ["STOCKKEEPER_DATABASE_URL"] = database_url
     os.environ["STOCKKEEPER_CACHE_URL"] = cache_url
+    metrics_dir: str | None = None  # made here, so removed here; never the user's own
     if workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         # One /metrics for all workers; must be set before any worker imports prometheus_client.
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="stockkeeper-metrics-")
+        metrics_dir = tempfile.mkdtemp(prefix="stockkeeper-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
 
     from granian import Granian
     from granian.constants import Interfaces
@@ -138,9 +144,12 @@ def serve_app(
         log_access=False,
     )
     try:
-        server.serve()
+        server.serve()  # returns (or exits) after SIGTERM or SIGINT, its workers stopped
     except RuntimeError as error:  # granian's socket errors, e.g. a port taken since the check
         raise click.ClickException(f"cannot serve on {host}:{port}: {error}") from None
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 def _live_admin(info: TokenInfo) -> bool:

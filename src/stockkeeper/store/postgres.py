@@ -32,7 +32,7 @@ from stockkeeper.domain import (
     Write,
 )
 from stockkeeper.retry import retrying
-from stockkeeper.store import read_mode_sql
+from stockkeeper.store import display_url, read_mode_sql
 from stockkeeper.store.protocol import LocalView, ReadModeView, StoreOptions
 from stockkeeper.store.rows import AUDIT_COLUMNS, audit_entry
 from stockkeeper.store.sql_tx import Row, SqlTx
@@ -336,9 +336,11 @@ class PostgresStore:
                 timeout=5,
             )
         except _UNREACHABLE as error:
-            raise Unavailable(f"database unreachable: {error}") from error
+            raise Unavailable(f"database unreachable at {display_url(url)}: {error}") from error
         except asyncpg.PostgresError as error:
-            raise Unavailable(f"database refused the connection: {error}") from error
+            raise Unavailable(
+                f"database at {display_url(url)} refused the connection: {error}"
+            ) from error
         return cls(pool, options)
 
     async def _run(
