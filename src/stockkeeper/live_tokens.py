@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 from stockkeeper import auth, metrics
 from stockkeeper.domain import Principal, Unavailable
+from stockkeeper.outage_log import OutageLog
 from stockkeeper.store import Store
 
 log = logging.getLogger("stockkeeper.tokens")
@@ -53,7 +54,7 @@ class LiveTokens:
         self._last_started_s = -math.inf
         self._tasks: set[asyncio.Task[Any]] = set()
         self._checker: asyncio.Task[None] | None = None
-        self._failing = False
+        self._outage = OutageLog("token snapshot refresh (serving the last snapshot)", log)
 
     def start(self) -> None:
         """Check the counter every `check_every_ms` from now until close()."""
@@ -111,13 +112,9 @@ class LiveTokens:
                     await self._load_if_changed()
             except Exception as error:
                 metrics.TOKEN_SNAPSHOT_FAILURES.inc()
-                if not self._failing:
-                    log.warning("token snapshot refresh failed; serving the last one: %r", error)
-                self._failing = True
+                self._outage.failed(error)
                 return False
-            if self._failing:
-                log.warning("token snapshot refreshed again")
-            self._failing = False
+            self._outage.recovered()
             return True
 
     async def _load_if_changed(self) -> None:

@@ -29,6 +29,7 @@ from typing import Protocol
 
 from stockkeeper import failpoints, metrics
 from stockkeeper.domain import StockkeeperError
+from stockkeeper.outage_log import OutageLog
 from stockkeeper.store import Store
 from stockkeeper.store.protocol import ReadModeView
 
@@ -116,6 +117,7 @@ class ReadModeLease:
         self._poked = asyncio.Event()
         self._changed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._task: asyncio.Task[None] | None = None
+        self._outage = OutageLog("read mode lease", log)
         self.redis_from_s = math.inf
         self.redis_until_s = -math.inf
 
@@ -195,7 +197,9 @@ class ReadModeLease:
             if current.number == view.epoch:
                 await self._act(view, current, received_s)
         except StockkeeperError as error:
-            log.warning("read mode lease not renewed: %s", error)
+            self._outage.failed(error)  # not renewed: the lease runs out, reads go elsewhere
+        else:
+            self._outage.recovered()
         finally:
             self._notify()
 
@@ -239,5 +243,5 @@ class ReadModeLease:
             self._poked.clear()
             try:
                 await self.step()
-            except Exception:
-                log.exception("read mode step failed; trying again")
+            except Exception as error:
+                self._outage.failed(error)

@@ -18,7 +18,8 @@ from stockkeeper import failpoints, metrics
 from stockkeeper.cache import scripts
 from stockkeeper.cache.resp import CacheReplyError, CacheUnavailable, RespClient
 from stockkeeper.cache.scripts import PushReply
-from stockkeeper.domain import FeedEntry, StockkeeperError
+from stockkeeper.domain import FeedEntry
+from stockkeeper.outage_log import OutageLog
 from stockkeeper.store.protocol import ChangeFeed
 
 log = logging.getLogger("stockkeeper.cache")
@@ -149,15 +150,15 @@ class FeedTailer:
     async def run(self, poll_ms: float) -> None:
         """Forever: poll every `poll_ms` (positioning first, retrying while the database is
         down). The database being down only pauses it; the position survives."""
+        outage = OutageLog("change feed", log)
         while True:
             try:
                 await self.step()
-            except StockkeeperError as error:
-                log.warning("change feed paused: %s", error)
+            except Exception as error:
+                outage.failed(error)
                 await asyncio.sleep(1)
-            except Exception:
-                log.exception("change feed failed; retrying")
-                await asyncio.sleep(1)
+            else:
+                outage.recovered()
             await asyncio.sleep(poll_ms / 1000)
 
 

@@ -43,6 +43,7 @@ from stockkeeper.http.messages import (
 )
 from stockkeeper.http.problems import PROBLEM_CONTENT_TYPE, HttpProblem, problem_body
 from stockkeeper.http.routes import ROUTES, Route
+from stockkeeper.outage_log import OutageLog
 from stockkeeper.service import Inventory
 from stockkeeper.store import DEFAULT_DATABASE_URL, StoreOptions
 
@@ -142,14 +143,17 @@ class App:
             self._inventory = None
 
     async def _purge_idempotency_keys(self) -> None:
+        outage = OutageLog("idempotency key purge", log)
         while True:
             try:
                 await self.inventory.purge_idempotency_keys(
                     IDEMPOTENCY_KEYS_KEPT_S, every_s=IDEMPOTENCY_PURGE_EVERY_S
                 )
-            except Exception:
+            except Exception as error:
                 # Keys only pile up while this fails; the service itself is unaffected.
-                log.exception("idempotency key purge failed; trying again later")
+                outage.failed(error)
+            else:
+                outage.recovered()
             # Jittered, so the workers of a cluster do not all ask at the same moment.
             await asyncio.sleep(random.uniform(0.5, 1.0) * IDEMPOTENCY_PURGE_WAKE_S_MAX)
 

@@ -9,6 +9,7 @@ code here leaves other session state behind.
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -145,6 +146,20 @@ _UNREACHABLE = (
     # Seen when the server ended the session while the client still thought it idle.
     asyncpg.exceptions.InternalClientError,
 )
+
+
+def _quiet_pool_floor(record: logging.LogRecord) -> bool:
+    """Drop asyncpg's "Failed to restore the pool connection floor" warning (a traceback at
+    1, 2, 4, 8 ... s while the database is down) when the fault is a known outage: the loops
+    that use the database (change feed, read mode lease, token snapshot) log its start and end
+    once each (stockkeeper.outage_log). Anything unexpected still passes, with its traceback."""
+    if not record.getMessage().startswith("Failed to restore the pool connection floor"):
+        return True
+    error = record.exc_info[1] if record.exc_info else None
+    return error is None or not isinstance(error, _UNREACHABLE)
+
+
+logging.getLogger("asyncpg.pool").addFilter(_quiet_pool_floor)
 
 
 class _ConnectionLost(Exception):
