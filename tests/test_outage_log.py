@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 
-import asyncpg
 import pytest
 
 from stockkeeper.domain import Unavailable
@@ -68,7 +67,7 @@ def test_recovered_without_a_failure_logs_nothing_and_a_new_outage_logs_again(
     caplog.set_level(logging.WARNING, LOGGER)
     outage.recovered()
     assert lines(caplog) == []
-    outage.failed(asyncpg.exceptions.CannotConnectNowError("the database system is starting up"))
+    outage.failed(Unavailable("the database system is starting up"))
     clock.now_s += 2
     outage.recovered()
     clock.now_s += 1  # a second outage soon after the first is logged in full

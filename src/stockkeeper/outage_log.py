@@ -3,28 +3,21 @@ stays down, and one line when it is back: never a line (or a traceback) per retr
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
-
-import asyncpg
 
 from stockkeeper.domain import StockkeeperError
 
 REMINDER_S = 30.0
 
 KNOWN_FAULTS: tuple[type[BaseException], ...] = (
-    StockkeeperError,  # Unavailable, Busy, ...: the store's own words for a fault
+    StockkeeperError,  # Unavailable, Busy, ...: the stores turn their drivers' faults into these
     OSError,  # refused, reset, unreachable host
-    asyncio.TimeoutError,
-    asyncpg.exceptions.PostgresConnectionError,
-    asyncpg.exceptions.InterfaceError,  # the connection went away under a query
-    asyncpg.exceptions.CannotConnectNowError,  # starting up, shutting down
-    asyncpg.exceptions.AdminShutdownError,
-    asyncpg.exceptions.InternalClientError,  # the server ended a session thought idle
+    TimeoutError,
 )
-"""Faults that are logged without a traceback: the message says all there is to say."""
+"""Faults that are logged without a traceback: the message says all there is to say. A driver's
+own exception reaching a loop is a bug in its store, and keeps its traceback."""
 
 
 def is_known_fault(error: BaseException) -> bool:
