@@ -42,7 +42,7 @@ class ReadCache(Protocol):
 
 class DirectReads:
     """No cache: every read goes to the database. Used where no cache can prove itself
-    current (`memory://` with PostgreSQL), and as the shape of degraded mode."""
+    current (`memory://` with PostgreSQL), and for the Redis cache's database reads."""
 
     def __init__(self, store: Store) -> None:
         self._store = store
