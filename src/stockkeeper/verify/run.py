@@ -72,7 +72,7 @@ class _Recorder:
 
 class _Api:
     def __init__(self, session: aiohttp.ClientSession, urls: Sequence[str], token: str) -> None:
-        self._session = session
+        self.session = session
         self.urls = [url.rstrip("/") for url in urls]
         self._auth = {"Authorization": f"Bearer {token}"}
 
@@ -90,7 +90,7 @@ class _Api:
         headers = dict(self._auth)
         if key is not None:
             headers["Idempotency-Key"] = key
-        async with self._session.request(
+        async with self.session.request(
             method, self.urls[server] + path, json=json, params=params, headers=headers
         ) as response:
             body = await response.json(content_type=None)
@@ -100,7 +100,7 @@ class _Api:
 async def preflight(api: _Api, sku: str) -> None:
     for server, url in enumerate(api.urls):
         try:
-            async with api._session.get(url + "/healthz") as response:
+            async with api.session.get(url + "/healthz") as response:
                 if response.status != 200:
                     raise CannotRun(f"{url}/healthz answered {response.status}")
         except (aiohttp.ClientError, TimeoutError) as error:
