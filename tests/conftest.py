@@ -1,10 +1,11 @@
-"""Shared fixtures: real databases (a fresh PostgreSQL schema or SQLite file per test)."""
+"""Shared fixtures: real databases (a fresh PostgreSQL schema or SQLite file per test), and a
+throwaway PKI with a private PostgreSQL and private Redis servers that speak TLS only."""
 
 from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,9 @@ import pytest
 from stockkeeper.domain import Role
 from stockkeeper.http.app import App
 from stockkeeper.service import Inventory
+from tests.distributed.postgres_server import PostgresServer, running_postgres
+from tests.distributed.redis_server import RedisServer, RedisTls, running_redis
+from tests.tls import OTHER_HOST, Pki, make_pki
 
 POSTGRES_URL = os.environ.get(
     "STOCKKEEPER_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
@@ -76,3 +80,38 @@ async def api(inventory: Inventory) -> AsyncIterator[Api]:
     transport = httpx.ASGITransport(app=App.for_inventory(inventory))
     async with httpx.AsyncClient(transport=transport, base_url="http://stockkeeper") as http:
         yield Api(http, tokens)
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="session")
+def tls_postgres(pki: Pki) -> Iterator[PostgresServer]:
+    """PostgreSQL with ssl=on and pki's server certificate, started once (initdb takes
+    seconds). Its pg_hba.conf takes TLS connections only, so whatever connects to it is proven
+    to use TLS. It listens on OTHER_HOST too, which its certificate does not name."""
+    settings = {"ssl": "on", "listen_addresses": f"127.0.0.1,{OTHER_HOST}"}
+    files = {
+        "server.crt": pki.server.cert.read_bytes(),  # ssl_cert_file's default, as ssl_key_file's
+        "server.key": pki.server.key.read_bytes(),
+        "pg_hba.conf": b"local all all trust\nhostssl all all 127.0.0.0/8 trust\n",
+    }
+    with running_postgres(settings, files) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def tls_redis(pki: Pki) -> Iterator[RedisServer]:
+    """A TLS port only, pki's server certificate, no client certificate needed; it listens on
+    OTHER_HOST too."""
+    tls = RedisTls(pki.server.cert, pki.server.key, pki.ca)
+    with running_redis(tls, ("127.0.0.1", OTHER_HOST)) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def expired_redis(pki: Pki) -> Iterator[RedisServer]:
+    with running_redis(RedisTls(pki.expired.cert, pki.expired.key, pki.ca)) as server:
+        yield server

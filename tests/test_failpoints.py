@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -164,3 +166,55 @@ def test_arm_from_env_reads_the_process_environment(monkeypatch: pytest.MonkeyPa
 def test_arm_from_env_rejects_bad_specs(spec: str) -> None:
     with pytest.raises(ValueError, match="failpoint"):
         failpoints.arm_from_env({ENV_VAR: spec})
+
+
+async def test_a_percent_prefix_fires_at_about_that_share_of_hits() -> None:
+    failpoints.arm(POINT, "30%error")
+    fired = sum([await fires(POINT) for _ in range(2000)])
+    assert 450 < fired < 750, fired
+    failpoints.arm(POINT, "0%error")
+    assert not any([await fires(POINT) for _ in range(200)])
+    failpoints.arm(POINT, "100%error")
+    assert await fires(POINT)
+
+
+@pytest.mark.parametrize("action", ["101%error", "%error", "30%", "30%boom", "30% error"])
+def test_bad_percentages_are_rejected(action: str) -> None:
+    with pytest.raises(ValueError, match="failpoint action"):
+        failpoints.arm(POINT, action)
+
+
+def test_a_bad_part_of_a_spec_arms_none_of_it() -> None:
+    with pytest.raises(ValueError, match="failpoint action"):
+        failpoints.arm_from_env({ENV_VAR: f"{POINT}=error;{OTHER}=boom"})
+    assert POINT not in failpoints._armed
+
+
+async def test_follow_file_rearms_on_every_change_and_a_bad_spec_disarms_all(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "failpoints"
+    follower = asyncio.create_task(failpoints.follow_file(str(path), poll_s=0.01))
+
+    async def settled() -> None:
+        await asyncio.sleep(0.05)
+
+    try:
+        await settled()
+        assert not await fires(POINT)
+        path.write_text(f"{POINT}=error")
+        await settled()
+        assert await fires(POINT)
+        path.write_text(f"{OTHER}=error")
+        await settled()
+        assert not await fires(POINT) and await fires(OTHER)
+        path.write_text(f"{OTHER}=boom")
+        await settled()
+        assert not await fires(OTHER)
+        path.write_text(f"{POINT}=error")
+        await settled()
+        path.unlink()
+        await settled()
+        assert not await fires(POINT)
+    finally:
+        follower.cancel()

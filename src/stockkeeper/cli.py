@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import math
 import multiprocessing
 import os
 import secrets
@@ -11,13 +13,15 @@ import shutil
 import socket
 import sys
 import tempfile
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
+from click.core import ParameterSource
 
 from stockkeeper.cache import DEFAULT_CACHE_URL, check_cache_url, ping_cache
 from stockkeeper.domain import NoDatabase, Role, StockkeeperError, TokenInfo, format_timestamp
+from stockkeeper.http.cors import DOCS_CORS_ENV_VAR, parse_origin
 from stockkeeper.service import Inventory
 from stockkeeper.store import DEFAULT_DATABASE_URL, StoreOptions, display_url
 
@@ -46,9 +50,25 @@ _SERVE_OPTIONS = (
         envvar="STOCKKEEPER_CACHE_URL",
         default=DEFAULT_CACHE_URL,
         show_default=True,
-        help="memory:// (in-process) or redis://host:port/db (also STOCKKEEPER_CACHE_URL).",
+        help="memory:// (in-process), redis://host:port/db or rediss://… (TLS) "
+        "(also STOCKKEEPER_CACHE_URL).",
     ),
 )
+
+
+class _Origin(click.ParamType):
+    """An origin for --docs-cors-origin; its environment variable lists them comma-separated."""
+
+    name = "origin"
+
+    def split_envvar_value(self, rv: str) -> list[str]:
+        return [origin for origin in rv.split(",") if origin.strip()]
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        try:
+            return parse_origin(str(value))
+        except ValueError as error:
+            self.fail(str(error), param, ctx)
 
 
 def serve_options(command: Callable[..., None]) -> Callable[..., None]:
@@ -81,13 +101,45 @@ def main() -> None:
 
 @main.command()
 @serve_options
-def serve(host: str, port: int, workers: int, database_url: str, cache_url: str) -> None:
+@click.option(
+    "--docs-cors-origin",
+    "docs_cors_origins",
+    multiple=True,
+    type=_Origin(),
+    envvar=DOCS_CORS_ENV_VAR,
+    help="Let pages from this origin (https://host[:port], or * for any) read /openapi.json, "
+    "e.g. Swagger UI served elsewhere; repeat it (also STOCKKEEPER_DOCS_CORS_ORIGINS, "
+    "comma-separated). The API itself sends no CORS headers. Default: none.",
+)
+def serve(
+    host: str,
+    port: int,
+    workers: int,
+    database_url: str,
+    cache_url: str,
+    docs_cors_origins: tuple[str, ...],
+) -> None:
     """Serve the HTTP API. Creates or upgrades the schema first."""
-    serve_app("stockkeeper.http.app:create_app", host, port, workers, database_url, cache_url)
+    serve_app(
+        "stockkeeper.http.app:create_app",
+        host,
+        port,
+        workers,
+        database_url,
+        cache_url,
+        docs_cors_origins=docs_cors_origins,
+    )
 
 
 def serve_app(
-    app_factory: str, host: str, port: int, workers: int, database_url: str, cache_url: str
+    app_factory: str,
+    host: str,
+    port: int,
+    workers: int,
+    database_url: str,
+    cache_url: str,
+    *,
+    docs_cors_origins: Sequence[str] = (),
 ) -> None:
     """What `serve` does, for any app factory ("module:function", called in each worker): check
     the address, prepare the database and cache (printing the first admin token), then run
@@ -121,6 +173,7 @@ def serve_app(
 
     os.environ["STOCKKEEPER_DATABASE_URL"] = database_url
     os.environ["STOCKKEEPER_CACHE_URL"] = cache_url
+    os.environ[DOCS_CORS_ENV_VAR] = ",".join(docs_cors_origins)
     metrics_dir: str | None = None  # made here, so removed here; never the user's own
     if workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         # One /metrics for all workers; must be set before any worker imports prometheus_client.
@@ -238,8 +291,14 @@ def token_revoke(token_id: int, database_url: str) -> None:
 
 @main.group()
 def bench() -> None:
-    """Benchmark scenarios against a local cluster this command starts, or running servers.
-    Needs the `bench` extra (aiohttp)."""
+    """Benchmark scenarios, each judged CORRECT or WRONG (exit status 1).
+
+    Each starts a local cluster of its own: `stockkeeper serve` processes on a fresh schema of
+    a PostgreSQL database (--database; the schema is dropped afterwards) and, where it caches,
+    a private redis-server, all stopped when it ends; or it drives running servers (--url with
+    --admin-token and --clerk-token). They need the `bench` extra, PostgreSQL, redis-server and
+    wrk. `--quick` makes a small run; `SCENARIO --help` says what each starts and how long it
+    takes."""
 
 
 _CACHE_OPTION = click.option(
@@ -251,14 +310,20 @@ _CACHE_OPTION = click.option(
     "redis://… or memory://.",
 )
 _BENCH_OPTIONS = (
-    click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64)),
+    click.option(
+        "--workers",
+        default=1,
+        show_default=True,
+        type=click.IntRange(1, 64),
+        help="Processes per server (`serve --workers`).",
+    ),
     click.option(
         "--database",
         "database_url",
         default="postgresql://postgres@127.0.0.1:5432/test",
         show_default=True,
-        help="For the cluster this starts. A postgresql:// URL without search_path gets a "
-        "fresh schema, dropped afterwards.",
+        help="PostgreSQL for the cluster this starts. A URL without search_path gets a fresh "
+        "schema there, dropped afterwards; nothing else in the database is touched.",
     ),
     click.option(
         "--url",
@@ -266,8 +331,21 @@ _BENCH_OPTIONS = (
         multiple=True,
         help="Target these running servers instead of starting a cluster (repeat it).",
     ),
-    click.option("--admin-token", envvar="STOCKKEEPER_BENCH_ADMIN_TOKEN", default=None),
-    click.option("--clerk-token", envvar="STOCKKEEPER_BENCH_CLERK_TOKEN", default=None),
+    click.option(
+        "--admin-token",
+        envvar="STOCKKEEPER_BENCH_ADMIN_TOKEN",
+        default=None,
+        help="An admin token of the --url servers (it creates the items and reads their audit "
+        "log). For a cluster this starts, only if --database has an admin token already. "
+        "Also STOCKKEEPER_BENCH_ADMIN_TOKEN.",
+    ),
+    click.option(
+        "--clerk-token",
+        envvar="STOCKKEEPER_BENCH_CLERK_TOKEN",
+        default=None,
+        help="A clerk token of the --url servers, for the purchases and reads (a cluster this "
+        "starts makes its own). Also STOCKKEEPER_BENCH_CLERK_TOKEN.",
+    ),
     click.option(
         "--json",
         "json_path",
@@ -284,7 +362,13 @@ def _bench_options(
     """The options every scenario shares: where its cluster is, and where its result goes.
     `mixed` picks each system's cache itself, and fits its default 2 servers to 2 cores."""
     options = [
-        click.option("--servers", default=servers, show_default=True, type=click.IntRange(1, 64)),
+        click.option(
+            "--servers",
+            default=servers,
+            show_default=True,
+            type=click.IntRange(1, 64),
+            help="`stockkeeper serve` processes to start.",
+        ),
         *([_CACHE_OPTION] if cache else []),
         *_BENCH_OPTIONS,
     ]
@@ -293,6 +377,26 @@ def _bench_options(
         for option in reversed(options):
             command = option(command)
         return command
+
+    return decorate
+
+
+def _quick(**preset: Any) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """A --quick flag: the preset's value for every option left at its default, so a first run
+    on a laptop takes seconds, not minutes; an option given explicitly still wins."""
+    flags = " ".join(f"--{name.replace('_', '-')} {value}" for name, value in preset.items())
+
+    def decorate(command: Callable[..., None]) -> Callable[..., None]:
+        @functools.wraps(command)
+        def run(quick: bool, **options: Any) -> None:
+            context = click.get_current_context()
+            for name, value in preset.items():
+                if quick and context.get_parameter_source(name) is ParameterSource.DEFAULT:
+                    options[name] = value
+            command(**options)
+
+        help_text = f"A small run (see the timings above): {flags}. Options given still win."
+        return click.option("--quick", is_flag=True, help=help_text)(run)
 
     return decorate
 
@@ -359,6 +463,7 @@ def _write_json(path: str | None, data: Any) -> None:
 
 
 @bench.command("oversell")
+@_quick(attempts=500, stock=20, servers=2)
 @click.option("--attempts", default=10_000, show_default=True, type=click.IntRange(1))
 @click.option("--stock", default=100, show_default=True, type=click.IntRange(1, 1_000_000))
 @click.option("--concurrency", default=200, show_default=True, type=click.IntRange(1, 10_000))
@@ -367,9 +472,13 @@ def _write_json(path: str | None, data: Any) -> None:
 def bench_oversell(
     attempts: int, stock: int, concurrency: int, sku: str | None, **where: Any
 ) -> None:
-    """ATTEMPTS concurrent purchases of one item against STOCK, round-robin over the servers;
-    then every server must serve 0 at version STOCK+1 and the audit log must hold exactly STOCK
-    purchases, gap-free and replaying. Exit status 1 when the verdict is WRONG."""
+    """ATTEMPTS concurrent purchases of one new item against STOCK, sent by wrk round-robin over
+    the servers; then every server must serve 0 at version STOCK+1 and the audit log must hold
+    exactly STOCK purchases, gap-free and replaying. Exit status 1 when the verdict is WRONG.
+
+    Starts --servers `stockkeeper serve` processes on a fresh schema of --database and a private
+    redis-server. Needs PostgreSQL, redis-server and wrk. On a 2-core machine the defaults take
+    about 15 s, --quick about 5 s, most of that starting and stopping the servers."""
     if attempts < stock:
         raise click.BadParameter(f"fewer attempts ({attempts}) than stock ({stock})")
 
@@ -391,13 +500,18 @@ def bench_oversell(
 
 
 @bench.command("stampede")
+@_quick(keys=5, reads=100, servers=2)
 @click.option("--keys", default=20, show_default=True, type=click.IntRange(1, 10_000))
 @click.option("--reads", default=400, show_default=True, type=click.IntRange(1, 100_000))
 @click.option("--concurrency", default=800, show_default=True, type=click.IntRange(1, 10_000))
 @_bench_options()
 def bench_stampede(keys: int, reads: int, concurrency: int, **where: Any) -> None:
     """KEYS new (cold) items each read READS times at once, spread over the servers. CORRECT if
-    every read answered the item and no server read the database more than once per key."""
+    every read answered the item and no server read the database more than once per key.
+
+    Starts --servers `stockkeeper serve` processes on a fresh schema of --database and a private
+    redis-server. Needs PostgreSQL and redis-server. On a 2-core machine the defaults take about
+    15 s, --quick about 5 s, most of that starting and stopping the servers."""
 
     async def scenario(cluster: Any) -> tuple[Any, str]:
         from stockkeeper.bench.stampede import report, run_stampede
@@ -411,6 +525,7 @@ def bench_stampede(keys: int, reads: int, concurrency: int, **where: Any) -> Non
 
 
 @bench.command("mixed")
+@_quick(rate=200, seconds=2, warmup=0.5, connections=4, skus=100)
 @click.option(
     "--rate",
     default=10_000.0,
@@ -473,7 +588,13 @@ def bench_mixed(
     """Open-loop mixed load (GETs, purchases, restocks of Zipf-drawn SKUs) at RATE for SECONDS
     against each system in turn, each on a fresh local cluster (or once against --url). Reports
     latency from intended send times, hit rate, visibility lag and every answer judged against
-    the audit log. Exit status 1 when stockkeeper answered wrong."""
+    the audit log. Exit status 1 when stockkeeper answered wrong.
+
+    Starts --servers processes for each system in turn (`stockkeeper serve`, or the bench's own
+    hello and naive servers) on a fresh schema of --database, and a private redis-server for
+    naive and coherent. Needs PostgreSQL, redis-server and wrk. Each system takes
+    warm-up + seconds + about 10 s to start, seed, judge and stop: on a 2-core machine the
+    defaults take about 3 minutes, --quick about 40 s."""
     from pathlib import Path
 
     try:
@@ -549,7 +670,7 @@ def verify_command(
 
     seed = seed if seed is not None else secrets.randbelow(2**31)
     options = VerifyOptions(urls, token, seconds, seed, concurrency)
-    on_tty, last = sys.stderr.isatty(), [0.0]
+    on_tty, last = sys.stderr.isatty(), [-math.inf]  # plain lines: one at the start
 
     def progress(elapsed_s: float, ops: int) -> None:
         if on_tty:
@@ -565,6 +686,9 @@ def verify_command(
         report = asyncio.run(verify(options, progress))
     except (CannotRun, OSError, aiohttp.ClientError, TimeoutError) as error:
         click.echo(f"verify could not run: {error or type(error).__name__}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:  # before the clients started: nothing was recorded to judge
+        click.echo("verify could not run: interrupted before the run started", err=True)
         sys.exit(2)
     if on_tty:
         click.echo(err=True)

@@ -23,7 +23,7 @@ from stockkeeper.bench.mixed import (
     parse_audit_time,
     result_json,
 )
-from stockkeeper.bench.report import render, targets, write_report
+from stockkeeper.bench.report import ratios, render, targets, write_report
 
 T0_US = 1_800_000_000_000_000  # realtime µs
 SKU = "MX-00001"
@@ -158,6 +158,14 @@ def test_targets_are_judged_on_the_coherent_system_with_their_gaps() -> None:
     assert edges["answered rate"].met  # the window's edges cut a few answers of a sustained rate
     write_heavy = {t.name: t for t in targets([synthetic("coherent", 1, 1, 0.96)], read_share=0.7)}
     assert write_heavy["hit rate"].met
+
+
+def test_ratios_survive_a_coherent_run_that_answered_no_get_in_time() -> None:
+    """An overloaded default run on 2 busy cores once crashed the report here."""
+    systems = [synthetic("naive", 1_700, 50.0, 0.9), synthetic("coherent", 1_300, 900.0, None)]
+    (line,) = ratios(systems)
+    assert line.startswith("coherent / naive: throughput x0.76")
+    assert "hit rate - vs 90.00%" in line
 
 
 def test_the_report_renders_and_plots(tmp_path: Path) -> None:

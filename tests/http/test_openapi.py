@@ -13,10 +13,12 @@ from typing import Any
 import httpx
 import pytest
 from jsonschema import Draft202012Validator
+from openapi_spec_validator import validate
 from referencing import Registry
 from referencing.jsonschema import DRAFT202012
 
-from stockkeeper.domain import ON_HAND_MAX, ORDER_LINES_MAX, QUANTITY_MAX, Role
+from stockkeeper import failpoints
+from stockkeeper.domain import ON_HAND_MAX, ORDER_LINES_MAX, QUANTITY_MAX, Busy, Role
 from stockkeeper.http.app import App
 from stockkeeper.http.messages import BODY_BYTES_MAX
 from stockkeeper.http.openapi import ROUTER_CODES, SPEC
@@ -38,6 +40,20 @@ RESTOCK = "/v1/items/{sku}/restock"
 AUDIT = "/v1/items/{sku}/audit"
 ORDERS = "/v1/orders"
 BEARER_NOPE = {"Authorization": "Bearer nope"}
+# Headers the app sends on some answers: each must be declared where it is sent.
+APP_HEADERS = (
+    "etag",
+    "x-cache",
+    "idempotent-replayed",
+    "www-authenticate",
+    "retry-after",
+    "allow",
+    "vary",
+    "access-control-allow-origin",
+    "access-control-allow-methods",
+    "access-control-allow-headers",
+    "access-control-max-age",
+)
 
 
 # --- reading the spec --------------------------------------------------------------------
@@ -113,25 +129,36 @@ def _refs(node: Any) -> Iterator[str]:
 
 
 def assert_matches_spec(response: httpx.Response, template: str) -> None:
-    """The status is declared for the route, and the body and headers match its schemas."""
+    """The status is declared for the route, and the body and headers match its schemas; every
+    header of APP_HEADERS it carries is declared for it."""
     method = response.request.method
     responses = _operation(method, template)["responses"]
     status = str(response.status_code)
+    where = f"{method} {template} {status}"
     assert status in responses, f"{method} {template} answered undeclared {status}"
     declared = responses[status]
-    media = response.headers["content-type"].split(";")[0].strip()
-    assert media in declared["content"], f"{method} {template} {status}: undeclared {media}"
-    if media in (PROBLEM_MEDIA, "application/json"):
-        validator = _content_validator(method, template, media, "responses", status)
-        errors = [error.message for error in validator.iter_errors(response.json())]
-        assert not errors, f"{method} {template} {status}: {errors} in {response.json()}"
-    for name, header in declared.get("headers", {}).items():
+    if "content" not in declared:
+        assert response.content == b"" and "content-type" not in response.headers, where
+    else:
+        media = response.headers["content-type"].split(";")[0].strip()
+        assert media in declared["content"], f"{where}: undeclared {media}"
+        if media in (PROBLEM_MEDIA, "application/json"):
+            validator = _content_validator(method, template, media, "responses", status)
+            errors = [error.message for error in validator.iter_errors(response.json())]
+            assert not errors, f"{where}: {errors} in {response.json()}"
+    headers = declared.get("headers", {})
+    sent = {name for name in APP_HEADERS if name in response.headers}
+    assert sent <= {name.lower() for name in headers}, f"{where}: undeclared headers"
+    for name, header in headers.items():
         header = _resolve(header)
         value = response.headers.get(name)
         if value is None:
-            assert not header.get("required"), f"{method} {template} {status}: no {name} header"
+            assert not header.get("required"), f"{where}: no {name} header"
             continue
-        assert _inline_validator(header["schema"]).is_valid(value), f"{name}: {value!r}"
+        schema = header["schema"]
+        # A header's schema describes its value as a client reads it: an integer is digits.
+        instance = int(value) if schema.get("type") == "integer" and value.isdigit() else value
+        assert _inline_validator(schema).is_valid(instance), f"{where}: {name}: {value!r}"
 
 
 # --- the spec against ROUTES and PROBLEMS --------------------------------------------------
@@ -184,7 +211,7 @@ def test_every_status_is_a_success_or_a_problem_with_matching_codes() -> None:
         for status, response in operation["responses"].items():
             where = f"{method} {path} {status}"
             if 200 <= int(status) < 300:
-                assert PROBLEM_MEDIA not in response["content"], where
+                assert PROBLEM_MEDIA not in response.get("content", {}), where
                 continue
             assert int(status) in PROBLEM_STATUSES, f"{where}: no problem has this status"
             assert set(response["content"]) == {PROBLEM_MEDIA}, where
@@ -218,6 +245,27 @@ def test_route_declares_the_problems_its_role_and_body_imply(route: Route) -> No
         assert "invalid_request" in codes[422], "a malformed sku is 422"
         # PUT creates a missing item; every other sku route answers 404 for one.
         assert ("unknown_sku" in codes.get(404, set())) == (route.method != "PUT")
+
+
+def test_the_document_is_valid_openapi_3_1() -> None:
+    validate(SPEC)
+
+
+def test_its_server_is_the_address_it_was_fetched_from() -> None:
+    """Relative, so a client (Swagger UI on another origin, say) resolves it against the URL
+    it loaded the document from: true behind any host, port, scheme or proxy."""
+    (server,) = SPEC["servers"]
+    assert server["url"] == "/"
+
+
+def test_every_503_describes_retry_after() -> None:
+    for method, path, operation in _operations():
+        if "503" in operation["responses"]:
+            headers = operation["responses"]["503"].get("headers", {})
+            assert "Retry-After" in headers, f"{method} {path}"
+            retry_after = _resolve(headers["Retry-After"])
+            assert not retry_after["required"], "only busy refusals and refused reads carry it"
+            assert retry_after["schema"]["type"] == "integer"
 
 
 # --- the spec against the running app ------------------------------------------------------
@@ -316,6 +364,17 @@ async def test_unavailable_answers_match_the_spec(database_url: str) -> None:
             await app.shutdown()
     assert response.status_code == 503 and set(response.json()["down"]) == {"cache"}
     assert_matches_spec(response, "/readyz")
+
+
+async def test_a_busy_refusal_and_its_retry_after_match_the_spec(api: Api) -> None:
+    async def no_connection_free() -> None:
+        raise Busy("busy: no database connection free within 3000 ms")
+
+    with failpoints.armed("store.write.before_change", no_connection_free):
+        refused = await _call(
+            api, "PUT", ITEM, 503, headers=api.auth(Role.ADMIN), json={"on_hand": 1}
+        )
+    assert refused.headers["retry-after"] == "1"
 
 
 async def test_router_problems_match_the_problem_schema(api: Api) -> None:

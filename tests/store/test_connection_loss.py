@@ -55,17 +55,23 @@ async def dropping_inventory(postgres_url: str) -> AsyncIterator[tuple[Inventory
         yield inv, name
 
 
-def drop_once(name: str) -> Callable[[], Awaitable[None]]:
-    """A failpoint action that drops the app's connections the first time it is hit."""
+def once(action: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+    """A failpoint action that runs `action` the first time it is hit, so the run it forces
+    again passes the point untouched."""
     fired = False
 
-    async def action() -> None:
+    async def first() -> None:
         nonlocal fired
         if not fired:
             fired = True
-            await drop_connections(name)
+            await action()
 
-    return action
+    return first
+
+
+def drop_once(name: str) -> Callable[[], Awaitable[None]]:
+    """A failpoint action that drops the app's connections the first time it is hit."""
+    return once(lambda: drop_connections(name))
 
 
 async def test_idle_connections_dropped_between_requests(postgres_url: str) -> None:

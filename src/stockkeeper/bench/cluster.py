@@ -47,8 +47,7 @@ class Cluster:
 
     def kill(self, n: int) -> None:
         """SIGKILL server `n` and its workers: no shutdown, no last words."""
-        _signal(self.processes[n], signal.SIGKILL, group=True)
-        self.processes[n].wait(timeout=STOP_S_MAX)
+        kill(self.processes[n])
 
 
 def baseline_command(kind: str) -> list[str]:
@@ -125,10 +124,10 @@ def private_redis() -> Iterator[str]:
             time.sleep(POLL_S)
         yield f"redis://127.0.0.1:{port}/0"
     finally:
-        _stop(process)
+        stop(process)
 
 
-def _stop(process: subprocess.Popen[bytes], group: bool = False) -> None:
+def stop(process: subprocess.Popen[bytes], group: bool = False) -> None:
     """SIGTERM, then SIGKILL if it has not exited within STOP_S_MAX."""
     if process.poll() is None:
         _signal(process, signal.SIGTERM, group)
@@ -139,6 +138,12 @@ def _stop(process: subprocess.Popen[bytes], group: bool = False) -> None:
             process.wait(timeout=STOP_S_MAX)
     elif group:
         _signal(process, signal.SIGKILL, group)  # orphaned workers of an exited server
+
+
+def kill(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL a server started here and its workers (its process group), and reap it."""
+    _signal(process, signal.SIGKILL, group=True)
+    process.wait(timeout=STOP_S_MAX)
 
 
 def _signal(process: subprocess.Popen[bytes], signum: int, group: bool) -> None:
@@ -184,6 +189,47 @@ def create_token(database_url: str, name: str, role: str) -> str:
     return done.stdout.strip()
 
 
+@dataclass(frozen=True)
+class Server:
+    """How to start one server, so that it can be started again the same way (on its port) after
+    it was killed. Its stdout and stderr go to `<logs>.out` and `<logs>.log`, appended to."""
+
+    port: int
+    database_url: str
+    cache_url: str
+    logs: Path
+    workers: int = 1
+    env: Mapping[str, str] = field(default_factory=dict)
+    command: Sequence[str] = (STOCKKEEPER, "serve")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def out(self) -> Path:
+        return self.logs.with_suffix(".out")
+
+    def start(self) -> subprocess.Popen[bytes]:
+        """Start it and wait until it is ready; raises with its log's tail if it is not."""
+        where = ["--port", str(self.port), "--workers", str(self.workers)]
+        log = self.logs.with_suffix(".log")
+        with self.out.open("ab") as stdout, log.open("ab") as stderr:
+            process = subprocess.Popen(
+                [*self.command, *where, "--database", self.database_url, "--cache", self.cache_url],
+                stdout=stdout,
+                stderr=stderr,
+                env={**os.environ, **self.env},
+                start_new_session=True,  # its own process group, so stop reaches workers
+            )
+        try:
+            _wait_ready(self.url, process, log)
+        except BaseException:
+            stop(process, group=True)
+            raise
+        return process
+
+
 @contextmanager
 def running_servers(
     database_url: str,
@@ -212,22 +258,13 @@ def running_servers(
         try:
             urls, printed = [], []
             for n in range(servers):
-                port = free_port()
-                out, log = log_dir / f"server-{n}.out", log_dir / f"server-{n}.log"
-                where = ["--port", str(port), "--workers", str(workers)]
-                with out.open("wb") as stdout, log.open("wb") as stderr:
-                    process = subprocess.Popen(
-                        [*command, *where, "--database", database_url, "--cache", cache_urls[n]],
-                        stdout=stdout,
-                        stderr=stderr,
-                        env={**os.environ, **(env or {}).get(n, {})},
-                        start_new_session=True,  # its own process group, so stop reaches workers
-                    )
-                processes.append(process)
-                url = f"http://127.0.0.1:{port}"
-                _wait_ready(url, process, log)
-                urls.append(url)
-                printed += TOKEN.findall(out.read_text(errors="replace"))
+                server = Server(
+                    free_port(), database_url, cache_urls[n], log_dir / f"server-{n}", workers,
+                    (env or {}).get(n, {}), command,
+                )  # fmt: skip
+                processes.append(server.start())
+                urls.append(server.url)
+                printed += TOKEN.findall(server.out.read_text(errors="replace"))
             if len(printed) > 1:
                 raise RuntimeError(
                     f"{len(printed)} servers printed an admin token; only the first may"
@@ -241,7 +278,7 @@ def running_servers(
             yield Cluster(urls, admin, create_token(database_url, name, "clerk"), processes)
         finally:
             for process in processes:
-                _stop(process, group=True)
+                stop(process, group=True)
 
 
 @contextmanager

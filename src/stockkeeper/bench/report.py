@@ -132,7 +132,10 @@ def ratios(systems: Sequence[dict[str, Any]], ours: str = "coherent") -> list[st
         p99 = _ratio(_get(mine, "latency.get.p99_ms"), _get(other, "latency.get.p99_ms"))
         parts.append(f"GET p99 x{p99:.2f}" if p99 is not None else "GET p99 -")
         if other.get("hit_rate") is not None:
-            parts.append(f"hit rate {mine['hit_rate']:.2%} vs {other['hit_rate']:.2%}")
+            # Ours may have none: an overloaded run can answer no GET within the window.
+            parts.append(
+                f"hit rate {_fmt(mine['hit_rate'], 'pct')} vs {_fmt(other['hit_rate'], 'pct')}"
+            )
         if other["history"]["reads_checked"]:
             theirs = sum(other["history"]["violations"].values())
             parts.append(f"violations {sum(mine['history']['violations'].values())} vs {theirs}")

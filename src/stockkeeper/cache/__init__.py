@@ -1,8 +1,8 @@
 """Caches in front of the store's one read path (docs/cache.md).
 
 `memory://` is the embedded default: on SQLite, a per-process cache that proves itself current on
-every read; on PostgreSQL it caches nothing, since it could not. `redis://…` is the shared
-cache of the distributed setup.
+every read; on PostgreSQL it caches nothing, since it could not. `redis://…` (or `rediss://…`,
+over TLS) is the shared cache of the distributed setup.
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ from stockkeeper.cache.base import DirectReads, ReadCache
 from stockkeeper.cache.memory import ProvenMemoryCache
 from stockkeeper.cache.read_mode import ReadSource
 from stockkeeper.cache.redis import RedisCache, RedisCacheOptions
-from stockkeeper.cache.resp import CacheUnavailable, RespClient
+from stockkeeper.cache.resp import CacheUnavailable, Endpoint, RespClient
 from stockkeeper.domain import Unavailable
-from stockkeeper.store import Store
+from stockkeeper.store import Store, display_url
 
 DEFAULT_CACHE_URL = "memory://"
-CACHE_SCHEMES = ("memory://", "redis://", "unix://")
+CACHE_SCHEMES = ("memory://", "redis://", "rediss://", "unix://")
 
 __all__ = [
     "DEFAULT_CACHE_URL",
@@ -31,11 +31,21 @@ __all__ = [
 
 
 def check_cache_url(url: str) -> None:
+    """Raise ValueError for a URL no cache could use, TLS files included, before anything
+    starts."""
     if not url.startswith(CACHE_SCHEMES):
         raise ValueError(
-            f"unsupported cache URL {url!r}: use memory://, redis://host:port/db or "
-            "unix:///path?db=N (TLS is not supported)"
+            f"unsupported cache URL {url!r}: use memory://, redis://host:port/db, "
+            "rediss://host:port/db (TLS) or unix:///path?db=N"
         )
+    if url.startswith("memory://"):
+        return
+    try:
+        endpoint = Endpoint.parse(url)
+        if endpoint.tls is not None:
+            endpoint.tls.context()
+    except ValueError as error:
+        raise ValueError(f"cache URL {display_url(url)}: {error}") from None
 
 
 async def open_cache(
@@ -75,6 +85,6 @@ async def ping_cache(url: str) -> None:
     try:
         await client.call("PING")
     except CacheUnavailable as error:
-        raise Unavailable(f"cache unreachable at {url}: {error}") from error
+        raise Unavailable(f"cache unreachable at {display_url(url)}: {error}") from error
     finally:
         await client.close()

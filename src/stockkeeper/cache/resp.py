@@ -22,12 +22,18 @@ to whom. So a late reply condemns the connection: it is closed and every pending
 `timeout_ms`), SUBSCRIBE and MONITOR do not belong on this client.
 
 Replies are not decoded: bytes, int, list and None come back as hiredis makes them.
+
+TLS (`rediss://`): TCP first, then `loop.start_tls`, so a TLS handshake that gets no answer is
+told apart from a host that does not answer at all: a plain-text Redis behind a `rediss://` URL
+reads the ClientHello as the start of an inline command and waits for its newline forever.
+Nothing ever falls back to plain text.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import ssl
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +41,8 @@ from typing import Any, TypeAlias, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import hiredis
+
+from stockkeeper import tls
 
 Arg: TypeAlias = str | bytes | int | float
 """A command argument: sent as a bulk string (`hiredis.pack_command` rejects bool and None)."""
@@ -60,6 +68,13 @@ class CacheReplyError(Exception):
     hiredis builds these itself, also for errors nested in array replies (EXEC, Lua tables)."""
 
 
+_CERT_REQS = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
+_TLS_PARAMETERS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs")
+
+_AFTER_TLS_HANDSHAKE = (
+    " right after the TLS handshake (a client certificate missing or refused? see ssl_certfile)"
+)
+
 _MORE = object()
 """What `hiredis.Reader.gets` returns while the buffer holds no complete reply."""
 
@@ -76,8 +91,59 @@ class Script:
 
 
 @dataclass(frozen=True)
+class TlsSettings:
+    """How a `rediss://` URL connects, by redis-py's query parameter names. The server's
+    certificate and host name are verified unless `ssl_cert_reqs=none`, which is unsafe:
+    anyone on the path can then read and change what the cache serves."""
+
+    ca_certs: str | None = None  # the CAs to trust; None: the system's
+    certfile: str | None = None  # a client certificate, for a server that asks for one
+    keyfile: str | None = None  # its key, when not in certfile
+    cert_reqs: ssl.VerifyMode = ssl.CERT_REQUIRED
+
+    @classmethod
+    def from_query(cls, query: dict[str, list[str]]) -> TlsSettings:
+        unknown = sorted(
+            name for name in query if name.startswith("ssl_") and name not in _TLS_PARAMETERS
+        )
+        if unknown:
+            supported = ", ".join(_TLS_PARAMETERS)
+            raise ValueError(f"unsupported {', '.join(unknown)}: use {supported}")
+        cert_reqs = query.get("ssl_cert_reqs", ["required"])[0]
+        if cert_reqs not in _CERT_REQS:
+            raise ValueError(f"ssl_cert_reqs={cert_reqs}: use none, optional or required")
+        settings = cls(
+            ca_certs=query.get("ssl_ca_certs", [None])[0],
+            certfile=query.get("ssl_certfile", [None])[0],
+            keyfile=query.get("ssl_keyfile", [None])[0],
+            cert_reqs=_CERT_REQS[cert_reqs],
+        )
+        if settings.keyfile is not None and settings.certfile is None:
+            raise ValueError("ssl_keyfile needs ssl_certfile too")
+        return settings
+
+    def context(self) -> ssl.SSLContext:
+        """Reads the files now, so a missing or unreadable one is a ValueError at start, not
+        a cache that trips on every connect."""
+        loading = "ssl_ca_certs"
+        try:
+            context = ssl.create_default_context(cafile=self.ca_certs)
+            if self.certfile is not None:
+                loading = "ssl_certfile"
+                context.load_cert_chain(self.certfile, self.keyfile)
+        except OSError as error:
+            reason = tls.describe(error) or error.strerror or error
+            raise ValueError(f"cannot load {loading}: {reason}") from None
+        if self.cert_reqs == ssl.CERT_NONE:
+            context.check_hostname = False
+        context.verify_mode = self.cert_reqs
+        return context
+
+
+@dataclass(frozen=True)
 class Endpoint:
-    """Where and how to connect, from `redis://[[user]:password@]host:port/db` or
+    """Where and how to connect, from `redis://[[user]:password@]host:port/db`,
+    `rediss://…` (TLS, `?ssl_ca_certs=…` and the other `TlsSettings`) or
     `unix:///path?db=N[&password=P]`."""
 
     host: str | None
@@ -86,6 +152,7 @@ class Endpoint:
     db: int
     username: str | None
     password: str | None
+    tls: TlsSettings | None = None
 
     @classmethod
     def parse(cls, url: str) -> Endpoint:
@@ -93,7 +160,9 @@ class Endpoint:
         query = parse_qs(parts.query)
         username = unquote(parts.username) if parts.username else None
         password = unquote(parts.password) if parts.password else None
-        if parts.scheme == "redis":
+        if parts.scheme != "rediss" and any(name.startswith("ssl_") for name in query):
+            raise ValueError("ssl_* parameters need rediss:// (TLS)")
+        if parts.scheme in ("redis", "rediss"):
             db = parts.path.strip("/")
             return cls(
                 host=parts.hostname or "127.0.0.1",
@@ -102,6 +171,7 @@ class Endpoint:
                 db=int(db or query.get("db", ["0"])[0]),
                 username=username,
                 password=password,
+                tls=TlsSettings.from_query(query) if parts.scheme == "rediss" else None,
             )
         if parts.scheme == "unix" and parts.path:
             return cls(
@@ -112,10 +182,15 @@ class Endpoint:
                 username=username,
                 password=password or query.get("password", [None])[0],
             )
-        raise ValueError(f"unsupported Redis URL {url!r}: use redis://host:port/db or unix:///path")
+        raise ValueError(
+            f"unsupported Redis URL {url!r}: use redis://host:port/db, rediss://host:port/db "
+            "or unix:///path"
+        )
 
     def handshake(self) -> list[tuple[Arg, ...]]:
-        """Commands that make a fresh connection ready: AUTH and SELECT when the URL asks."""
+        """Commands that make a fresh connection ready: AUTH and SELECT when the URL asks;
+        over TLS, a PING if neither: a TLS 1.3 server judges the client's certificate after
+        the client's side of the handshake is done, so only a reply shows it was accepted."""
         commands: list[tuple[Arg, ...]] = []
         if self.password is not None:
             credentials = (
@@ -124,6 +199,8 @@ class Endpoint:
             commands.append(("AUTH", *credentials))
         if self.db:
             commands.append(("SELECT", self.db))
+        if self.tls is not None and not commands:
+            commands.append(("PING",))
         return commands
 
 
@@ -152,6 +229,7 @@ class _Connection(asyncio.Protocol):
         self._replied_at = self._loop.time()  # when the last reply was parsed
         self._late_since_tick = False
         self.lost = False
+        self.loss = "connection to Redis lost"  # why, once lost: the first reason given
         self.closed: asyncio.Future[None] = self._loop.create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -183,7 +261,8 @@ class _Connection(asyncio.Protocol):
                 waiter.set_result(reply)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._fail_pending(CacheUnavailable(f"connection to Redis lost: {exc or 'closed'}"))
+        reason = "closed" if exc is None else tls.describe(exc) or str(exc)
+        self._fail_pending(CacheUnavailable(f"connection to Redis lost: {reason}"))
         if not self.closed.done():
             self.closed.set_result(None)
 
@@ -204,13 +283,18 @@ class _Connection(asyncio.Protocol):
         self._pending.extend((waiter, sent) for waiter in waiters)
         return waiters
 
+    def secure(self, transport: asyncio.BaseTransport) -> None:
+        """Write through `transport` from now on: the TLS one `loop.start_tls` made over the
+        socket's, before anything was sent."""
+        self._transport = cast(asyncio.Transport, transport)
+
     def _check_open(self, count: int) -> None:
         """A command queued on a lost connection would get no reply and no timeout: its
         pending calls were failed and its watchdog stopped. A caller can get such a connection
         from `_connect()` when the loss arrives before it resumes; and a closing transport
         drops a write (asyncio) or raises RuntimeError (uvloop) until `connection_lost` runs."""
         if self.lost or self._transport.is_closing():
-            raise CacheUnavailable("connection to Redis lost")
+            raise CacheUnavailable(self.loss)
         if len(self._pending) + count > self._pending_max:
             raise CacheUnavailable(f"{self._pending_max} Redis commands already in flight")
 
@@ -236,6 +320,8 @@ class _Connection(asyncio.Protocol):
         self._transport.abort()
 
     def _fail_pending(self, error: CacheUnavailable) -> None:
+        if not self.lost:
+            self.loss = str(error)
         self.lost = True
         if self._watchdog is not None:
             self._watchdog.cancel()
@@ -279,6 +365,7 @@ class RespClient:
         pending_max: int = DEFAULT_PENDING_MAX,
     ) -> None:
         self.endpoint = endpoint
+        self._ssl_context = None if endpoint.tls is None else endpoint.tls.context()
         self._timeout = timeout_ms / 1000
         self._connect_timeout = connect_timeout_ms / 1000
         self._pending_max = pending_max
@@ -365,6 +452,7 @@ class RespClient:
         endpoint = self.endpoint
         where = endpoint.path or f"{endpoint.host}:{endpoint.port}"
         connection: _Connection | None = None
+        in_tls_handshake = False  # what a timeout interrupted: a plain-text port never answers
 
         def protocol() -> _Connection:
             return _Connection(self._timeout, self._pending_max)
@@ -374,19 +462,44 @@ class RespClient:
                 if endpoint.host is None:
                     _, connection = await loop.create_unix_connection(protocol, endpoint.path)
                 else:
-                    _, connection = await loop.create_connection(
+                    transport, connection = await loop.create_connection(
                         protocol, endpoint.host, endpoint.port
                     )
+                    if self._ssl_context is not None:
+                        in_tls_handshake = True
+                        secured = await loop.start_tls(
+                            transport, connection, self._ssl_context, server_hostname=endpoint.host
+                        )
+                        in_tls_handshake = False
+                        if secured is None:  # only once the transport is closing
+                            raise CacheUnavailable("connection lost in the TLS handshake")
+                        connection.secure(secured)
                 handshake = endpoint.handshake()
                 if handshake:
                     data = b"".join(_pack(command) for command in handshake)
-                    await asyncio.gather(*connection.send_many(data, len(handshake)))
+                    try:
+                        await asyncio.gather(*connection.send_many(data, len(handshake)))
+                    except CacheUnavailable:
+                        # The transport may be closing with its reason still on the way (a
+                        # refused client certificate, say): it comes with connection_lost.
+                        await connection.closed
+                        hint = "" if self._ssl_context is None else _AFTER_TLS_HANDSHAKE
+                        raise CacheUnavailable(f"{connection.loss}{hint}") from None
         except BaseException as error:  # also close()'s cancellation: drop the half-made socket
             if connection is not None:
                 connection.fail(CacheUnavailable("Redis handshake failed"))
-            if isinstance(error, OSError | TimeoutError | CacheReplyError | CacheUnavailable):
-                raise CacheUnavailable(f"cannot connect to Redis at {where}: {error!r}") from error
-            raise
+            if isinstance(error, TimeoutError) and in_tls_handshake:
+                reason = (
+                    f"no answer to the TLS handshake within {self._connect_timeout * 1000:g} ms "
+                    "(a plain-text port?)"
+                )
+            elif isinstance(error, CacheUnavailable):
+                reason = str(error)
+            elif isinstance(error, OSError | TimeoutError | CacheReplyError):
+                reason = tls.describe(error) or repr(error)
+            else:
+                raise
+            raise CacheUnavailable(f"cannot connect to Redis at {where}: {reason}") from error
         finally:
             self._connecting = None
         self._connection = connection

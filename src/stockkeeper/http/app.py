@@ -31,7 +31,9 @@ from stockkeeper.domain import (
     Unauthenticated,
     Unavailable,
 )
+from stockkeeper.http.cors import DOCS_CORS_ENV_VAR, DOCS_CORS_OFF, DocsCors, parse_origins
 from stockkeeper.http.messages import (
+    NO_CONTENT,
     Receive,
     Request,
     Response,
@@ -75,25 +77,33 @@ class App:
         self,
         open_inventory: Callable[[], Awaitable[Inventory]],
         in_flight_max: int = IN_FLIGHT_MAX,
+        docs_cors: DocsCors = DOCS_CORS_OFF,
     ) -> None:
         assert in_flight_max >= 1
         self._open_inventory = open_inventory
         self._in_flight_max = in_flight_max
+        self._docs_cors = docs_cors
         self._in_flight = 0
         self._inventory: Inventory | None = None
         self._purger: asyncio.Task[None] | None = None
+        self._failpoints: asyncio.Task[None] | None = None  # tests only: follows a file
         self._handlers: dict[str, Handler] = {
             route.handler_name: getattr(self, route.handler_name) for route in ROUTES
         }
 
     @classmethod
-    def for_inventory(cls, inventory: Inventory, in_flight_max: int = IN_FLIGHT_MAX) -> App:
+    def for_inventory(
+        cls,
+        inventory: Inventory,
+        in_flight_max: int = IN_FLIGHT_MAX,
+        docs_cors: DocsCors = DOCS_CORS_OFF,
+    ) -> App:
         """An app over an Inventory its caller opened and will close (tests, embedding)."""
 
         async def given() -> Inventory:
             return inventory
 
-        app = cls(given, in_flight_max)
+        app = cls(given, in_flight_max, docs_cors)
         app._inventory = inventory
         return app
 
@@ -132,12 +142,15 @@ class App:
             self._inventory = await self._open_inventory()
         await self._inventory.start()
         self._purger = asyncio.create_task(self._purge_idempotency_keys())
+        if failpoints_file := os.environ.get(failpoints.FILE_ENV_VAR):
+            self._failpoints = asyncio.create_task(failpoints.follow_file(failpoints_file))
 
     async def shutdown(self) -> None:
-        if self._purger is not None:
-            self._purger.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._purger
+        for task in (self._purger, self._failpoints):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._inventory is not None:
             await self._inventory.close()
             self._inventory = None
@@ -323,7 +336,10 @@ class App:
     async def openapi(self, request: Request) -> Response:
         from stockkeeper.http.openapi import SPEC
 
-        return json_response(200, SPEC)
+        return json_response(200, SPEC, self._docs_cors.get_headers(request.headers))
+
+    async def openapi_preflight(self, request: Request) -> Response:
+        return Response(NO_CONTENT, b"", headers=self._docs_cors.preflight_headers(request.headers))
 
 
 def _idempotency_key(request: Request) -> str | None:
@@ -350,6 +366,7 @@ class Settings:
     cache_url: str
     redis_options: RedisCacheOptions
     in_flight_max: int = IN_FLIGHT_MAX
+    docs_cors: DocsCors = DOCS_CORS_OFF
 
 
 def settings_from_environment() -> Settings:
@@ -371,6 +388,7 @@ def settings_from_environment() -> Settings:
             ),
         ),
         in_flight_max=int(os.environ.get("STOCKKEEPER_IN_FLIGHT_MAX", str(IN_FLIGHT_MAX))),
+        docs_cors=DocsCors(parse_origins(os.environ.get(DOCS_CORS_ENV_VAR, ""))),
     )
 
 
@@ -394,4 +412,4 @@ def create_app() -> App:
             redis_options=settings.redis_options,
         )
 
-    return App(open_inventory, settings.in_flight_max)
+    return App(open_inventory, settings.in_flight_max, settings.docs_cors)

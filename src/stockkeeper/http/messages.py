@@ -15,6 +15,7 @@ from stockkeeper.http.problems import HttpProblem
 
 BODY_BYTES_MAX = 64 * 1024
 JSON = b"application/json"
+NO_CONTENT = 204
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -94,10 +95,15 @@ def json_response(
 
 
 async def send_response(send: Send, response: Response) -> None:
-    headers = [
-        (b"content-type", response.content_type),
-        (b"content-length", b"%d" % len(response.body)),
-        *response.headers,
-    ]
+    # A 204 has no content, so no content headers (RFC 9110 forbids its Content-Length).
+    content = (
+        []
+        if response.status == NO_CONTENT
+        else [
+            (b"content-type", response.content_type),
+            (b"content-length", b"%d" % len(response.body)),
+        ]
+    )
+    headers = [*content, *response.headers]
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
     await send({"type": "http.response.body", "body": response.body})

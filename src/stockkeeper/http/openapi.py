@@ -4,6 +4,10 @@ Written by hand because the app is bare ASGI (see app.py): no framework could ge
 tests/http/test_openapi.py keeps it true: its paths against `ROUTES`, its error codes against
 `PROBLEMS`, and its schemas against real responses. Every shape and limit lives once in the small
 constants below and is assembled by a few helpers, so a change is made in one place.
+
+Its one server is relative, `/`: OpenAPI resolves it against the URL the document was fetched
+from, so the same document is true at every host, port and scheme a server is reached by (behind
+a proxy too), and stays one constant, with nothing taken from a request's Host header.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from stockkeeper.domain import (
     Reason,
     Role,
 )
+from stockkeeper.http import cors
 from stockkeeper.http.messages import BODY_BYTES_MAX
 from stockkeeper.http.problems import PROBLEM_CONTENT_TYPE, PROBLEMS
 from stockkeeper.service import READ_MANY_MAX, VERSION_MAX
@@ -304,6 +309,39 @@ HEADERS: dict[str, Schema] = {
         required=False,
     ),
     "WWW-Authenticate": _header("the scheme to authenticate with", {"const": "Bearer"}),
+    "Retry-After": _header(
+        "seconds to wait before trying again (here or on another server): sent with `busy` "
+        "refusals (too many requests in flight on this worker, or no database connection free "
+        "in time) and with reads this server could not serve safely in time",
+        {"type": "integer", "minimum": 0},
+        required=False,
+    ),
+    "Allow": _header("the methods of this path", {"const": cors.ALLOW.decode()}),
+    "Access-Control-Allow-Origin": _header(
+        "the request's Origin (or `*`) when `serve --docs-cors-origin` allows it",
+        _STRING,
+        required=False,
+    ),
+    "Vary": _header(
+        "sent whenever docs CORS is on: the answer depends on the Origin",
+        {"const": "Origin"},
+        required=False,
+    ),
+    "Access-Control-Allow-Methods": _header(
+        "granted to an allowed origin's preflight",
+        {"const": cors.ALLOWED_METHODS.decode()},
+        required=False,
+    ),
+    "Access-Control-Allow-Headers": _header(
+        "the Access-Control-Request-Headers of an allowed origin's preflight, granted",
+        _STRING,
+        required=False,
+    ),
+    "Access-Control-Max-Age": _header(
+        "seconds a browser may keep the preflight's grant",
+        {"type": "integer", "const": cors.PREFLIGHT_MAX_AGE_S},
+        required=False,
+    ),
 }
 
 # --- responses and operations ------------------------------------------------------------
@@ -337,6 +375,8 @@ def _problems(codes: Iterable[str], refined: Mapping[str, Schema]) -> dict[str, 
         }
         if status == 401:
             response["headers"] = {"WWW-Authenticate": _ref("headers", "WWW-Authenticate")}
+        if status == 503:
+            response["headers"] = {"Retry-After": _ref("headers", "Retry-After")}
         responses[str(status)] = response
     return responses
 
@@ -380,6 +420,14 @@ _CHANGED = _success(
     {"ETag": _ETAG, "Idempotent-Replayed": _REPLAYED},
 )
 _SET = "Stock set outright; audited with reason `set` and delta new - old."
+_DOCS_CORS = ("Access-Control-Allow-Origin", "Vary")
+_PREFLIGHT = (
+    "Allow",
+    *_DOCS_CORS,
+    "Access-Control-Allow-Methods",
+    "Access-Control-Max-Age",
+    "Access-Control-Allow-Headers",
+)
 _ORDER_SHORTAGES: Schema = {
     "allOf": [_schema(_problem_name("insufficient_stock"))],
     "required": ["shortages"],
@@ -510,8 +558,27 @@ PATHS: dict[str, dict[str, Schema]] = {
             "openapi",
             "This document",
             None,
-            {"200": _success("OpenAPI 3.1.", {"type": "object"})},
-        )
+            {
+                "200": _success(
+                    "OpenAPI 3.1.",
+                    {"type": "object"},
+                    {name: _ref("headers", name) for name in _DOCS_CORS},
+                )
+            },
+        ),
+        "options": _operation(
+            "openapiPreflight",
+            "CORS preflight for this document",
+            None,
+            {
+                "204": {
+                    "description": "The grant (Access-Control-Allow-*) only to the preflight "
+                    "of an origin `serve --docs-cors-origin` allows; the API's own paths have "
+                    "no CORS.",
+                    "headers": {name: _ref("headers", name) for name in _PREFLIGHT},
+                }
+            },
+        ),
     },
 }
 
@@ -524,11 +591,19 @@ Bodies are JSON objects of at most {BODY_BYTES_MAX} bytes; integers must be writ
 integers. Errors are RFC 9457 problem details with a stable `code`. Besides the problems each
 operation lists, the router answers `not_found` (404) for an unknown path and
 `method_not_allowed` (405, with `allowed` and an `Allow` header) for a known path's other methods.
-A request that fails changes nothing."""
+A request that fails changes nothing. A 503 with `Retry-After` may be retried after that many
+seconds.
+
+The server is `/`: this document's own address. Only this document may be read from another
+origin (Swagger UI, say), and only from those `serve --docs-cors-origin` names; the API sends no
+CORS headers, so a browser refuses "Try it out" from another origin."""
 
 SPEC: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {"title": "stockkeeper", "version": _version(), "description": DESCRIPTION},
+    "servers": [
+        {"url": "/", "description": "the server that served this document, at the same address"}
+    ],
     "paths": PATHS,
     "components": {
         "schemas": SCHEMAS,

@@ -37,4 +37,5 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/readyz", None, "readyz"),
     Route("GET", "/metrics", None, "metrics"),
     Route("GET", "/openapi.json", None, "openapi"),
+    Route("OPTIONS", "/openapi.json", None, "openapi_preflight"),
 )

@@ -4,6 +4,10 @@ asyncpg over psycopg 3: measured here 15-25% faster per query, which the read pa
 10,000 times a second. The pool's default reset on release (RESET ALL and friends, 150-200 µs
 a checkout) is replaced by a rollback only when a connection comes back mid-transaction: no
 code here leaves other session state behind.
+
+TLS: the URL goes to asyncpg as it is, and asyncpg reads libpq's `sslmode`, `sslrootcert`,
+`sslcert` and `sslkey` from it as libpq does: `require` refuses a server without TLS (it never
+falls back to plain text), `verify-ca` checks the certificate, `verify-full` the host name too.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from stockkeeper import failpoints, metrics
+from stockkeeper import failpoints, metrics, tls
 from stockkeeper.domain import (
     ON_HAND_MAX,
     AuditPage,
@@ -51,7 +55,12 @@ from stockkeeper.store.writes import apply_write, refuse
 
 T = TypeVar("T")
 
+# What a server needs of the schema to run on it: bumped only by a change older servers cannot
+# run with (they refuse a newer version).
 SCHEMA_VERSION = 1
+# Bumped with every change to _SCHEMA: a start finding its own revision runs no DDL. (2: the
+# audit xid, token ids and revocation and the read mode tables, added at version 1.)
+SCHEMA_REVISION = 2
 _MIGRATION_LOCK_ID = 0x5_70C_4EE9  # pg_advisory_xact_lock key: one migrator at a time
 _PURGE_LOCK_ID = 0x5_70C_4EEA  # pg_try_advisory_xact_lock key: one idempotency key purger
 
@@ -132,6 +141,29 @@ ON CONFLICT (key) DO UPDATE SET value = excluded.value
 WHERE CAST(stockkeeper_meta.value AS float8) <= extract(epoch FROM now())::float8 - $1::float8
 RETURNING value
 """
+
+
+async def _schema_state(conn: asyncpg.Connection) -> tuple[int, int]:
+    """(version, revision) of the schema; 0 for what is not there yet (no schema at all, or
+    one older than revisions)."""
+    try:
+        rows = await conn.fetch(
+            "SELECT key, value FROM stockkeeper_meta "
+            "WHERE key IN ('schema_version', 'schema_revision')"
+        )
+    except asyncpg.UndefinedTableError:
+        return 0, 0
+    found = {row["key"]: int(row["value"]) for row in rows}
+    return found.get("schema_version", 0), found.get("schema_revision", 0)
+
+
+def _check_version(version: int) -> None:
+    if version > SCHEMA_VERSION:
+        raise RuntimeError(
+            f"database schema is version {version}, newer than this stockkeeper "
+            f"({SCHEMA_VERSION}): upgrade stockkeeper"
+        )
+
 
 _TRANSIENT = {
     asyncpg.exceptions.DeadlockDetectedError: "deadlock",
@@ -351,7 +383,8 @@ class PostgresStore:
                 timeout=5,
             )
         except _UNREACHABLE as error:
-            raise Unavailable(f"database unreachable at {display_url(url)}: {error}") from error
+            reason = tls.describe(error) or error
+            raise Unavailable(f"database unreachable at {display_url(url)}: {reason}") from error
         except asyncpg.PostgresError as error:
             raise Unavailable(
                 f"database at {display_url(url)} refused the connection: {error}"
@@ -422,6 +455,15 @@ class PostgresStore:
         return await self._run(run)
 
     async def migrate(self) -> None:
+        """Create or upgrade the schema, unless it is at this revision already. The DDL takes
+        locks even when it changes nothing (ALTER TABLE … IF NOT EXISTS takes ACCESS EXCLUSIVE
+        on audit): run on every start, it stalled the cluster's writes and deadlocked with
+        them when a server restarted under load. Now it runs once per upgrade."""
+        version, revision = await self._run(_schema_state)
+        if revision >= SCHEMA_REVISION:  # never re-run older DDL over a newer revision's
+            _check_version(version)
+            return
+
         async def run(conn: asyncpg.Connection) -> None:
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK_ID)
             await conn.execute(_SCHEMA)
@@ -433,14 +475,13 @@ class PostgresStore:
                 secrets.token_hex(32),
             )
             await conn.execute(read_mode_sql.INITIAL_ROW)
-            found = await conn.fetchval(
-                "SELECT value FROM stockkeeper_meta WHERE key = 'schema_version'"
+            _check_version((await _schema_state(conn))[0])
+            await conn.execute(
+                "INSERT INTO stockkeeper_meta (key, value) VALUES ('schema_revision', $1) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value "
+                "WHERE CAST(stockkeeper_meta.value AS int) < CAST(excluded.value AS int)",
+                str(SCHEMA_REVISION),
             )
-            if int(found) > SCHEMA_VERSION:
-                raise RuntimeError(
-                    f"database schema is version {found}, newer than this stockkeeper "
-                    f"({SCHEMA_VERSION}): upgrade stockkeeper"
-                )
 
         await self._in_tx(run)
 

@@ -18,7 +18,7 @@ import asyncio
 import random
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +32,9 @@ INITIAL_STOCK = 20
 REQUEST_TIMEOUT_S = 5.0
 AUDIT_PAGE_LIMIT = 1000
 REPLAY_MISMATCH = "replay_mismatch"
+# A keyed write whose outcome is unknown is sent again, as a client that must know would do.
+RETRIES_MAX = 3
+RETRY_WAIT_S = 0.2
 
 
 class CannotRun(Exception):
@@ -45,11 +48,14 @@ class VerifyOptions:
     seconds: float = 10.0
     seed: int = 0
     concurrency: int = 16
+    hot_skus: int = HOT_SKUS
+    cold_skus: int = COLD_SKUS
 
 
 @dataclass
 class Report:
     ops: list[Op]
+    entries: list[AuditEntry]
     verdict: Verdict
     replay_mismatches: list[str]
     skus: list[str]
@@ -196,21 +202,34 @@ class _Client:
         key: str | None,
         record: Callable[[str, Any], None],
     ) -> None:
-        """Send a write (twice, with a key, now and then) and record what it did."""
-        try:
-            status, body, _ = await self._api.call(method, server, path, json=payload, key=key)
-        except (aiohttp.ClientError, TimeoutError):
-            record("indeterminate", None)
-            raise
-        # A 4xx changed nothing; a 5xx after the request was sent may have committed.
-        outcome = "ok" if status in (200, 201) else "refused" if status < 500 else "indeterminate"
-        record(outcome, body if outcome == "ok" else None)
+        """Send a write and record what it did. With a key, send it again (on any server) while
+        its outcome is unknown, and now and then once more after it is known: the answer must
+        then be the first one, replayed. Each attempt is recorded from the first one's start,
+        since its change may have committed at any time since."""
+        for attempt in range(RETRIES_MAX + 1 if key is not None else 1):
+            if attempt:
+                await asyncio.sleep(RETRY_WAIT_S)
+                server = self._rng.randrange(len(self._api.urls))
+            try:
+                status, body, _ = await self._api.call(method, server, path, json=payload, key=key)
+            except (aiohttp.ClientError, TimeoutError):
+                record("indeterminate", None)
+                continue
+            # A 4xx changed nothing; a 5xx after the request was sent may have committed.
+            ok = status in (200, 201)
+            outcome = "ok" if ok else "refused" if status < 500 else "indeterminate"
+            record(outcome, body if ok else None)
+            if outcome != "indeterminate":
+                break
+        else:
+            return
         if key is not None and outcome == "ok" and self._rng.random() < 0.2:
             again = self._rng.randrange(len(self._api.urls))
             status2, body2, replayed = await self._api.call(
                 method, again, path, json=payload, key=key
             )
-            if (status2, body2, replayed) != (status, body, True):
+            # A 5xx is no answer (that server cannot reach the database now), not a wrong one.
+            if status2 < 500 and (status2, body2, replayed) != (status, body, True):
                 self._rec.replay_mismatches.append(
                     f"{method} {path} with key {key}: first {status} {body}, "
                     f"repeated on server {again}: {status2} {body2} (replayed: {replayed})"
@@ -272,28 +291,33 @@ async def _audit(api: _Api, sku: str) -> list[AuditEntry]:
 
 
 async def verify(
-    options: VerifyOptions, progress: Callable[[float, int], None] | None = None
+    options: VerifyOptions,
+    progress: Callable[[float, int], None] | None = None,
+    alongside: Callable[[float], Coroutine[Any, Any, None]] | None = None,
 ) -> Report:
     """Run the history and judge it. Cancelling it (Ctrl-C) stops the clients early: what was
-    recorded is judged all the same."""
+    recorded is judged all the same. `alongside(started_s)` runs beside the clients from their
+    start (on time.monotonic's clock, as the operations are); the run waits for it to end
+    before reading the audit log (a stress run injects its faults so, and heals them)."""
     run = secrets.token_hex(3)
-    skus = [f"verify-{options.seed}-{run}-{n}" for n in range(HOT_SKUS + COLD_SKUS)]
+    skus = [f"verify-{options.seed}-{run}-{n}" for n in range(options.hot_skus + options.cold_skus)]
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
     connector = aiohttp.TCPConnector(limit=max(options.concurrency * 2, 10))
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
         api = _Api(session, options.urls, options.token)
         await preflight(api, skus[0])
         rec = _Recorder()
-        setup = _Client(api, random.Random(options.seed), skus, HOT_SKUS, rec)
+        setup = _Client(api, random.Random(options.seed), skus, options.hot_skus, rec)
         for n, sku in enumerate(skus):
             await setup._set(n % len(api.urls), sku, INITIAL_STOCK)
         stop = asyncio.Event()
         clients = [
-            _Client(api, random.Random(f"{options.seed}:{n}"), skus, HOT_SKUS, rec)
+            _Client(api, random.Random(f"{options.seed}:{n}"), skus, options.hot_skus, rec)
             for n in range(options.concurrency)
         ]
         started = time.monotonic()
         tasks = [asyncio.create_task(client.run(stop)) for client in clients]
+        beside = None if alongside is None else asyncio.create_task(alongside(started))
         try:
             while (elapsed := time.monotonic() - started) < options.seconds:
                 if progress is not None:
@@ -304,9 +328,11 @@ async def verify(
         finally:
             stop.set()
             await asyncio.gather(*tasks, return_exceptions=True)
+            if beside is not None:
+                await beside
         seconds = time.monotonic() - started
         entries = [entry for sku in skus for entry in await _audit(api, sku)]
         for n, sku in enumerate(skus):  # leave them at 0 (not recorded: judged already)
             await api.call("PUT", n % len(api.urls), f"/v1/items/{sku}", json={"on_hand": 0})
     verdict = check(rec.ops, entries, complete_writers=True)
-    return Report(rec.ops, verdict, rec.replay_mismatches, skus, seconds)
+    return Report(rec.ops, entries, verdict, rec.replay_mismatches, skus, seconds)
