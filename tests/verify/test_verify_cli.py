@@ -157,8 +157,10 @@ def test_ctrl_c_before_the_run_started_exits_2() -> None:
             stderr=subprocess.PIPE,
             text=True,
         )
-        time.sleep(1.5)
-        process.send_signal(signal.SIGINT)
-        _, stderr = process.communicate(timeout=60)
+        silent.settimeout(60)
+        waiting, _ = silent.accept()  # verify is in its preflight, past start-up and imports
+        with waiting:
+            process.send_signal(signal.SIGINT)
+            _, stderr = process.communicate(timeout=60)
     assert process.returncode == 2, stderr
     assert "interrupted before the run started" in stderr
