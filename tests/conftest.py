@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import pytest
 from stockkeeper.domain import Role
 from stockkeeper.http.app import App
 from stockkeeper.service import Inventory
+from tests.distributed.pgbouncer import direct_url, running_pgbouncer
 from tests.distributed.postgres_server import PostgresServer, running_postgres
 from tests.distributed.redis_server import RedisServer, RedisTls, running_redis
 from tests.tls import OTHER_HOST, Pki, make_pki
@@ -24,6 +26,9 @@ POSTGRES_URL = os.environ.get(
     "STOCKKEEPER_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
 BACKENDS = ("sqlite", "postgres")
+# Also through PgBouncer: `pytest.mark.parametrize("database_url", WITH_PGBOUNCER, indirect=True)`.
+WITH_PGBOUNCER = (*BACKENDS, "pgbouncer")
+POSTGRES_DIRECT_AND_POOLED = ("postgres", "pgbouncer")
 
 
 async def admin_execute(sql: str) -> None:
@@ -34,16 +39,37 @@ async def admin_execute(sql: str) -> None:
         await conn.close()
 
 
-@pytest.fixture
-async def postgres_url() -> AsyncIterator[str]:
-    """A URL whose search_path is a fresh schema, dropped afterwards (the audit log is
-    append-only, so tests cannot clean it row by row)."""
+@asynccontextmanager
+async def new_schema() -> AsyncIterator[str]:
+    """A new schema's name, dropped afterwards (the audit log is append-only, so tests cannot
+    clean it row by row)."""
     schema = f"sk_test_{uuid.uuid4().hex[:12]}"
     await admin_execute(f"CREATE SCHEMA {schema}")
     try:
-        yield f"{POSTGRES_URL}?search_path={schema}"
+        yield schema
     finally:
         await admin_execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+@pytest.fixture
+async def postgres_url() -> AsyncIterator[str]:
+    """A URL whose search_path is a fresh schema."""
+    async with new_schema() as schema:
+        yield f"{POSTGRES_URL}?search_path={schema}"
+
+
+@pytest.fixture
+async def pgbouncer_url() -> AsyncIterator[str]:
+    """A URL of a fresh schema through a PgBouncer of this test's own (transaction pooling)."""
+    async with new_schema() as schema:
+        with running_pgbouncer(POSTGRES_URL, [schema]) as bouncer:
+            yield bouncer.url(schema)
+
+
+def direct(database_url: str) -> str:
+    """The URL a test's own connections use: `database_url`, or, for one through PgBouncer,
+    the same schema straight at PostgreSQL."""
+    return direct_url(database_url, POSTGRES_URL)
 
 
 @pytest.fixture
@@ -54,6 +80,11 @@ def sqlite_url(tmp_path: Path) -> str:
 @pytest.fixture(params=BACKENDS)
 def database_url(request: pytest.FixtureRequest) -> str:
     """The same contract test runs once per backend."""
+    return backend_url(request)
+
+
+def backend_url(request: pytest.FixtureRequest) -> str:
+    """The URL of the fixture `<request.param>_url` (`postgres_url`, say)."""
     return str(request.getfixturevalue(f"{request.param}_url"))
 
 

@@ -20,6 +20,7 @@ from stockkeeper.http.app import App
 from stockkeeper.live_tokens import LiveTokens, RefreshLimits
 from stockkeeper.service import Inventory
 from stockkeeper.store import Store, open_store
+from tests.conftest import WITH_PGBOUNCER
 
 REVOKED_WITHIN_S = 1.0
 FLOOD = 2_000
@@ -91,6 +92,7 @@ async def refused_after_s(authenticate: Callable[[], Awaitable[Principal]]) -> f
     pytest.fail("the revoked token was still accepted after 5 s")
 
 
+@pytest.mark.parametrize("database_url", WITH_PGBOUNCER, indirect=True)
 async def test_a_token_made_elsewhere_works_at_once_and_its_revocation_arrives_within_1_s(
     watched: tuple[Inventory, WatchedStore], elsewhere: Inventory
 ) -> None:
@@ -104,6 +106,7 @@ async def test_a_token_made_elsewhere_works_at_once_and_its_revocation_arrives_w
     assert await refused_after_s(lambda: ours.authenticate(token)) < REVOKED_WITHIN_S
 
 
+@pytest.mark.parametrize("database_url", WITH_PGBOUNCER, indirect=True)
 async def test_a_token_revoked_through_this_inventory_is_refused_at_once(
     watched: tuple[Inventory, WatchedStore], elsewhere: Inventory
 ) -> None:

@@ -6,54 +6,22 @@ from __future__ import annotations
 import asyncio
 import functools
 import math
-import multiprocessing
-import os
 import secrets
-import shutil
-import socket
 import sys
-import tempfile
-from collections.abc import Callable, Coroutine, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
 
 import click
 from click.core import ParameterSource
 
-from stockkeeper.cache import DEFAULT_CACHE_URL, check_cache_url, ping_cache
-from stockkeeper.domain import NoDatabase, Role, StockkeeperError, TokenInfo, format_timestamp
+from stockkeeper.domain import Role, TokenInfo, format_timestamp
 from stockkeeper.http.cors import DOCS_CORS_ENV_VAR, parse_origin
 from stockkeeper.service import Inventory
-from stockkeeper.store import DEFAULT_DATABASE_URL, StoreOptions, display_url
+from stockkeeper.serving import Limits, database_option, run_step, serve_app, serve_options
+from stockkeeper.store import StoreOptions, display_url
 
 if TYPE_CHECKING:
     from stockkeeper.bench.cluster import Cluster
-
-T = TypeVar("T")
-
-database_option = click.option(
-    "--database",
-    "database_url",
-    envvar="STOCKKEEPER_DATABASE_URL",
-    default=DEFAULT_DATABASE_URL,
-    show_default=True,
-    help="postgresql://… or sqlite:///path (also STOCKKEEPER_DATABASE_URL).",
-)
-
-_SERVE_OPTIONS = (
-    click.option("--host", default="127.0.0.1", show_default=True),
-    click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535)),
-    click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64)),
-    database_option,
-    click.option(
-        "--cache",
-        "cache_url",
-        envvar="STOCKKEEPER_CACHE_URL",
-        default=DEFAULT_CACHE_URL,
-        show_default=True,
-        help="memory:// (in-process), redis://host:port/db or rediss://… (TLS) "
-        "(also STOCKKEEPER_CACHE_URL).",
-    ),
-)
 
 
 class _Origin(click.ParamType):
@@ -69,28 +37,6 @@ class _Origin(click.ParamType):
             return parse_origin(str(value))
         except ValueError as error:
             self.fail(str(error), param, ctx)
-
-
-def serve_options(command: Callable[..., None]) -> Callable[..., None]:
-    """`serve`'s options (host, port, workers, database, cache), for every command that starts
-    a server through `serve_app`: the bench launcher appends them to each alike."""
-    for option in reversed(_SERVE_OPTIONS):
-        command = option(command)
-    return command
-
-
-def _run(op: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    """Run one async step; a database or cache fault becomes a one-line error and exit 1."""
-    try:
-        return asyncio.run(op())
-    except NoDatabase as error:
-        raise click.ClickException(
-            f"{error}; pass --database or set STOCKKEEPER_DATABASE_URL"
-        ) from None
-    except (StockkeeperError, ValueError, OSError) as error:
-        raise click.ClickException(
-            str(error).splitlines()[0] if str(error) else repr(error)
-        ) from None
 
 
 @click.group()
@@ -117,9 +63,12 @@ def serve(
     workers: int,
     database_url: str,
     cache_url: str,
+    limits: Limits,
     docs_cors_origins: tuple[str, ...],
 ) -> None:
-    """Serve the HTTP API. Creates or upgrades the schema first."""
+    """Serve the HTTP API. Creates or upgrades the schema first. At SIGTERM or SIGINT it drains
+    (/readyz answers 503) for --drain-grace-ms while it serves on, then stops accepting and
+    finishes the requests in flight; a second signal skips the grace."""
     serve_app(
         "stockkeeper.http.app:create_app",
         host,
@@ -127,86 +76,9 @@ def serve(
         workers,
         database_url,
         cache_url,
+        limits,
         docs_cors_origins=docs_cors_origins,
     )
-
-
-def serve_app(
-    app_factory: str,
-    host: str,
-    port: int,
-    workers: int,
-    database_url: str,
-    cache_url: str,
-    *,
-    docs_cors_origins: Sequence[str] = (),
-) -> None:
-    """What `serve` does, for any app factory ("module:function", called in each worker): check
-    the address, prepare the database and cache (printing the first admin token), then run
-    granian. The benchmark's baseline servers (stockkeeper.bench.baselines) start through here
-    too, so they differ from the real server only in the app."""
-
-    async def prepare() -> tuple[str | None, bool]:
-        check_cache_url(cache_url)
-        # The database first, so the first error is the one to fix first; the cache before the
-        # first admin token, which a failed start would otherwise make and never print.
-        async with await Inventory.open(database_url, StoreOptions(pool_size=1)) as inventory:
-            await ping_cache(cache_url)
-            first = await inventory.create_first_admin_token()
-            tokens = [] if first is not None else await inventory.list_tokens()
-            return first, first is not None or any(_live_admin(info) for info in tokens)
-
-    _check_can_listen(host, port)
-    first_token, has_admin = _run(prepare)
-    if first_token is not None:
-        click.echo("stockkeeper: first start on an empty database; the admin token (shown once):")
-        click.echo(first_token)
-    elif not has_admin:
-        # Tokens made before the first start (a clerk, say) leave the database non-empty, so
-        # no admin token was printed; and all of them may since have been revoked.
-        click.echo(
-            "stockkeeper: warning: no live admin token in this database; make one with "
-            f"`stockkeeper token create NAME --role admin --database {display_url(database_url)}`",
-            err=True,
-        )
-    sys.stdout.flush()
-
-    os.environ["STOCKKEEPER_DATABASE_URL"] = database_url
-    os.environ["STOCKKEEPER_CACHE_URL"] = cache_url
-    os.environ[DOCS_CORS_ENV_VAR] = ",".join(docs_cors_origins)
-    metrics_dir: str | None = None  # made here, so removed here; never the user's own
-    if workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
-        # One /metrics for all workers; must be set before any worker imports prometheus_client.
-        metrics_dir = tempfile.mkdtemp(prefix="stockkeeper-metrics-")
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-
-    from granian import Granian
-    from granian.constants import Interfaces
-
-    # Spawned workers import everything afresh: they see PROMETHEUS_MULTIPROC_DIR (a forked one
-    # would keep this process's single-process metrics) and inherit no threads or event loop.
-    multiprocessing.set_start_method("spawn", force=True)
-
-    server = Granian(
-        app_factory,
-        factory=True,
-        address=host,
-        port=port,
-        interface=Interfaces.ASGI,
-        workers=workers,
-        log_access=False,
-    )
-    try:
-        server.serve()  # returns (or exits) after SIGTERM or SIGINT, its workers stopped
-    except RuntimeError as error:  # granian's socket errors, e.g. a port taken since the check
-        raise click.ClickException(f"cannot serve on {host}:{port}: {error}") from None
-    finally:
-        if metrics_dir is not None:
-            shutil.rmtree(metrics_dir, ignore_errors=True)
-
-
-def _live_admin(info: TokenInfo) -> bool:
-    return info.role is Role.ADMIN and info.revoked_at is None
 
 
 def _open_existing(database_url: str) -> Coroutine[Any, Any, Inventory]:
@@ -218,16 +90,6 @@ def _open_existing(database_url: str) -> Coroutine[Any, Any, Inventory]:
 def _used(database_url: str) -> None:
     """Say on stderr which database a token command used (never its password)."""
     click.echo(f"using database {display_url(database_url)}", err=True)
-
-
-def _check_can_listen(host: str, port: int) -> None:
-    """Fail with one line, before touching the database, if the address cannot be bound."""
-    try:
-        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            probe.bind((host, port))
-    except OSError as error:
-        raise click.ClickException(f"cannot listen on {host}:{port}: {error.strerror}") from None
 
 
 @main.group()
@@ -246,7 +108,7 @@ def token_create(name: str, role: str, database_url: str) -> None:
         async with await _open_existing(database_url) as inventory:
             return await inventory.create_token(name, Role.parse(role))
 
-    token = _run(create)
+    token = run_step(create)
     _used(database_url)
     click.echo(token)
 
@@ -261,7 +123,7 @@ def token_list(database_url: str) -> None:
         async with await _open_existing(database_url) as inventory:
             return await inventory.list_tokens()
 
-    tokens = _run(listing)
+    tokens = run_step(listing)
     _used(database_url)
     rows = [("ID", "NAME", "ROLE", "CREATED", "REVOKED")]
     for info in tokens:
@@ -284,7 +146,7 @@ def token_revoke(token_id: int, database_url: str) -> None:
         async with await _open_existing(database_url) as inventory:
             return await inventory.revoke_token(token_id)
 
-    info = _run(revoke)
+    info = run_step(revoke)
     _used(database_url)
     click.echo(f"revoked token {info.id} ({info.name}, {info.role.name.lower()})")
 

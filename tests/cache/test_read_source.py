@@ -23,6 +23,7 @@ from stockkeeper.domain import ReadsRefused
 from stockkeeper.faults.proxy import FaultProxy
 from tests.cache.conftest import REDIS_URL, OpenServer, Server
 from tests.cache.naive import expect
+from tests.conftest import WITH_PGBOUNCER
 from tests.eventually import eventually
 from tests.holds import held
 
@@ -85,6 +86,7 @@ async def alternate(history: History, servers: list[Server], sku: str, rounds: i
             await history.read(server, sku)
 
 
+@pytest.mark.parametrize("database_url", WITH_PGBOUNCER, indirect=True)
 @pytest.mark.parametrize("kind", ["coherent", "per-process"])
 async def test_g1_a_server_cut_off_from_redis_never_makes_a_read_go_back(
     open_server: OpenServer, redis_proxy: tuple[FaultProxy, str], sku: str, kind: str

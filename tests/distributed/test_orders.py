@@ -4,14 +4,8 @@ from __future__ import annotations
 
 import asyncpg
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.distributed.checks import (
-    assert_audit_replays,
-    assert_every_server_sees,
-    full_audit,
-    put_stock,
-)
+from tests.distributed.checks import opposite_orders, put_stock
 from tests.distributed.cluster import Cluster
 from tests.distributed.storm import OK, Client, storm
 
@@ -23,45 +17,8 @@ CONCURRENCY = 64
 SKUS = ("ORD-A", "ORD-B")
 
 
-def lines_of(n: int) -> list[str]:
-    """Half the orders name the SKUs one way round, half the other: the deadlock recipe."""
-    return list(SKUS) if n % 2 else list(reversed(SKUS))
-
-
-async def deadlock_retries(client: Client, cluster: Cluster) -> float:
-    total = 0.0
-    for url in cluster.urls:
-        for family in text_string_to_metric_families(await client.text(f"{url}/metrics")):
-            for sample in family.samples:
-                if sample.name == "stockkeeper_transaction_retries_total":
-                    total += sample.value if sample.labels.get("reason") == "deadlock" else 0
-    return total
-
-
 async def test_opposite_order_orders_neither_deadlock_nor_split(cluster: Cluster) -> None:
-    async with Client(CONCURRENCY) as client:
-        for sku in SKUS:
-            await put_stock(client, cluster, sku, STOCK)
-
-        async def order(n: int) -> str:
-            answer = await client.call(
-                "POST",
-                f"{cluster.urls[n % len(cluster.urls)]}/v1/orders",
-                cluster.clerk_token,
-                json={"lines": [{"sku": sku, "quantity": 1} for sku in lines_of(n)]},
-            )
-            if answer.status == 200:
-                assert [line["sku"] for line in answer.body["lines"]] == lines_of(n)
-                return OK
-            return str(answer.body["code"])
-
-        outcomes = await storm(order, ORDERS, CONCURRENCY)
-        assert outcomes == {OK: STOCK, "insufficient_stock": ORDERS - STOCK}
-        for sku in SKUS:
-            # Both SKUs moved together: every order took both lines or neither.
-            await assert_every_server_sees(client, cluster, sku, 0, STOCK + 1)
-            assert_audit_replays(await full_audit(client, cluster, sku), 0)
-        assert await deadlock_retries(client, cluster) == 0, "sorted locking never deadlocks"
+    await opposite_orders(cluster, SKUS, STOCK, ORDERS, CONCURRENCY)
 
 
 async def test_request_order_locking_deadlocks_under_the_same_load(cluster: Cluster) -> None:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import asyncpg
 import pytest
 
 from tests.distributed.checks import (
-    assert_every_server_sees,
+    duplicate_purchases_apply_once,
     put_stock,
     race_for_last_item,
     sell_out,
@@ -69,24 +67,4 @@ async def test_last_item_has_exactly_one_winner_across_servers(cluster: Cluster)
 
 
 async def test_duplicate_idempotent_purchases_at_two_servers_apply_once(cluster: Cluster) -> None:
-    sku, rounds = "IDEM-1", 50
-    async with Client(4) as client:
-        await put_stock(client, cluster, sku, 1000)
-        for r in range(rounds):
-            first, second = await asyncio.gather(
-                *(
-                    client.call(
-                        "POST",
-                        f"{url}/v1/items/{sku}/purchase",
-                        cluster.clerk_token,
-                        json={"quantity": 1},
-                        headers={"Idempotency-Key": f"dup-{r}"},
-                    )
-                    for url in cluster.urls[:2]
-                )
-            )
-            assert (first.status, second.status) == (200, 200)
-            assert first.body == second.body
-            replayed = sorted(a.headers.get("Idempotent-Replayed", "-") for a in (first, second))
-            assert replayed == ["-", "true"]
-        await assert_every_server_sees(client, cluster, sku, 1000 - rounds, rounds + 1)
+    await duplicate_purchases_apply_once(cluster, "IDEM-1", rounds=50)

@@ -366,6 +366,20 @@ async def test_unavailable_answers_match_the_spec(database_url: str) -> None:
     assert_matches_spec(response, "/readyz")
 
 
+async def test_a_draining_servers_answers_match_the_spec(inventory: Inventory) -> None:
+    """After SIGTERM (stockkeeper.serving): /readyz refuses, naming the server itself, while the
+    rest is served, each answer closing its connection."""
+    app = App.for_inventory(inventory)
+    app.drain()
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://stockkeeper") as http:
+        ready = await http.get("/readyz")
+        health = await http.get("/healthz")
+    assert ready.status_code == 503 and ready.json()["down"] == {"server": "draining"}
+    assert_matches_spec(ready, "/readyz")
+    assert health.status_code == 200 and health.headers["connection"] == "close"
+
+
 async def test_a_busy_refusal_and_its_retry_after_match_the_spec(api: Api) -> None:
     async def no_connection_free() -> None:
         raise Busy("busy: no database connection free within 3000 ms")

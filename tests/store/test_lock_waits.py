@@ -14,6 +14,7 @@ from stockkeeper.domain import Unavailable
 from stockkeeper.retry import RetryPolicy
 from stockkeeper.service import Inventory
 from stockkeeper.store import StoreOptions
+from tests.conftest import direct
 
 WAIT_MS_MAX = 100
 QUICK = StoreOptions(
@@ -27,7 +28,7 @@ QUICK = StoreOptions(
 async def lock_held_elsewhere(database_url: str, sku: str) -> AsyncIterator[None]:
     """Another client holds `sku`'s row (PostgreSQL) or the write lock (SQLite) meanwhile."""
     if database_url.startswith("postgresql"):
-        conn = await asyncpg.connect(database_url)
+        conn = await asyncpg.connect(direct(database_url))
         try:
             async with conn.transaction():
                 await conn.execute("SELECT 1 FROM items WHERE sku = $1 FOR UPDATE", sku)
@@ -41,15 +42,17 @@ async def lock_held_elsewhere(database_url: str, sku: str) -> AsyncIterator[None
             conn.rollback()
 
 
+@pytest.mark.parametrize("key", ["k", None], ids=["transaction", "one-statement"])
 async def test_a_write_past_its_lock_wait_is_unavailable_and_changes_nothing(
-    database_url: str,
+    database_url: str, key: str | None
 ) -> None:
+    """With a key the purchase is a transaction; without one, on PostgreSQL, one statement."""
     async with await Inventory.open(database_url, QUICK) as inventory:
         await inventory.set_stock("L-1", 5, user="t")
         # The outer limit only turns a missing lock limit into a failure instead of a hang.
         async with lock_held_elsewhere(database_url, "L-1"), asyncio.timeout(10):
             with pytest.raises(Unavailable):
-                await inventory.decrement_stock("L-1", 1, user="t", idempotency_key="k")
+                await inventory.decrement_stock("L-1", 1, user="t", idempotency_key=key)
         assert (await inventory.get_stock("L-1")).version == 1
-        receipt = await inventory.decrement_stock("L-1", 1, user="t", idempotency_key="k")
+        receipt = await inventory.decrement_stock("L-1", 1, user="t", idempotency_key=key)
         assert not receipt.replayed and receipt.change.on_hand == 4

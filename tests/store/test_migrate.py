@@ -12,25 +12,29 @@ import pytest
 
 from stockkeeper.store import open_store
 from stockkeeper.store.postgres import SCHEMA_REVISION
+from tests.conftest import POSTGRES_DIRECT_AND_POOLED, direct
+
+# Straight at PostgreSQL and through PgBouncer: the DDL and its advisory lock need no session.
+pytestmark = pytest.mark.parametrize("database_url", POSTGRES_DIRECT_AND_POOLED, indirect=True)
 
 START_S_MAX = 5.0
 
 
 @pytest.fixture
-async def migrated(postgres_url: str) -> AsyncIterator[asyncpg.Connection]:
+async def migrated(database_url: str) -> AsyncIterator[asyncpg.Connection]:
     """A schema made by a first start, and a direct connection to it."""
-    store = await open_store(postgres_url)
+    store = await open_store(database_url)
     await store.migrate()
     await store.close()
-    conn = await asyncpg.connect(postgres_url)
+    conn = await asyncpg.connect(direct(database_url))
     try:
         yield conn
     finally:
         await conn.close()
 
 
-async def start(postgres_url: str) -> None:
-    store = await open_store(postgres_url)
+async def start(database_url: str) -> None:
+    store = await open_store(database_url)
     try:
         await asyncio.wait_for(store.migrate(), START_S_MAX)
     finally:
@@ -42,7 +46,7 @@ async def meta(conn: asyncpg.Connection, key: str) -> str | None:
 
 
 async def test_a_start_on_a_current_schema_waits_for_no_write_in_flight(
-    postgres_url: str, migrated: asyncpg.Connection
+    database_url: str, migrated: asyncpg.Connection
 ) -> None:
     """A write holds its locks on items, audit and idempotency_keys until it commits; a start
     meanwhile must not queue behind it (nor make every later write queue behind the start)."""
@@ -50,15 +54,15 @@ async def test_a_start_on_a_current_schema_waits_for_no_write_in_flight(
         await migrated.execute(
             "LOCK TABLE items, audit, idempotency_keys, tokens IN ROW EXCLUSIVE MODE"
         )
-        await start(postgres_url)  # old code: TimeoutError, waiting for ACCESS EXCLUSIVE
+        await start(database_url)  # old code: TimeoutError, waiting for ACCESS EXCLUSIVE
 
 
 async def test_a_schema_from_before_revisions_is_upgraded_once(
-    postgres_url: str, migrated: asyncpg.Connection
+    database_url: str, migrated: asyncpg.Connection
 ) -> None:
     await migrated.execute("DELETE FROM stockkeeper_meta WHERE key = 'schema_revision'")
     await migrated.execute("ALTER TABLE tokens DROP COLUMN revoked_at")  # as in version 1
-    await start(postgres_url)
+    await start(database_url)
     assert await meta(migrated, "schema_revision") == str(SCHEMA_REVISION)
     assert await migrated.fetchval(
         "SELECT count(*) FROM information_schema.columns "
@@ -68,14 +72,14 @@ async def test_a_schema_from_before_revisions_is_upgraded_once(
 
 
 async def test_a_newer_revision_is_left_alone_and_a_newer_version_refused(
-    postgres_url: str, migrated: asyncpg.Connection
+    database_url: str, migrated: asyncpg.Connection
 ) -> None:
     await migrated.execute(
         "UPDATE stockkeeper_meta SET value = $1 WHERE key = 'schema_revision'",
         str(SCHEMA_REVISION + 1),
     )
-    await start(postgres_url)
+    await start(database_url)
     assert await meta(migrated, "schema_revision") == str(SCHEMA_REVISION + 1), "not lowered"
     await migrated.execute("UPDATE stockkeeper_meta SET value = '99' WHERE key = 'schema_version'")
     with pytest.raises(RuntimeError, match="schema is version 99, newer than this stockkeeper"):
-        await start(postgres_url)
+        await start(database_url)

@@ -42,6 +42,7 @@ from stockkeeper.domain import (
 from stockkeeper.failpoints import FailpointError
 from stockkeeper.retry import RetryPolicy, retrying
 from stockkeeper.service import Inventory
+from tests.conftest import direct
 
 USER = "clerk-1"
 OTHER_USER = "clerk-2"
@@ -102,7 +103,7 @@ async def assert_audit_replays(inventory: Inventory, sku: str) -> list[AuditEntr
 async def raw(database_url: str, sql: str) -> list[tuple[Any, ...]]:
     """Run SQL on a connection of our own, around the service (as an operator could)."""
     if database_url.startswith("postgresql://"):
-        conn = await asyncpg.connect(database_url)
+        conn = await asyncpg.connect(direct(database_url))
         try:
             return [tuple(row.values()) for row in await conn.fetch(sql)]
         finally:

@@ -17,10 +17,10 @@ from __future__ import annotations
 import click
 
 from stockkeeper.cache import open_cache
-from stockkeeper.cli import serve_app, serve_options
 from stockkeeper.domain import Item, Reason, Receipt, Write
 from stockkeeper.http.app import App, configure_worker_logging, settings_from_environment
 from stockkeeper.service import Inventory
+from stockkeeper.serving import Limits, serve_app, serve_options
 from stockkeeper.store.postgres import PostgresStore, _PgStatements, _PgTx
 from stockkeeper.store.sql_tx import Statements
 from stockkeeper.store.writes import apply_write
@@ -74,9 +74,11 @@ def create_app() -> App:
 
 @click.command()
 @serve_options
-def main(host: str, port: int, workers: int, database_url: str, cache_url: str) -> None:
+def main(
+    host: str, port: int, workers: int, database_url: str, cache_url: str, limits: Limits
+) -> None:
     """Serve the naive-purchase app as `stockkeeper serve` serves the real one."""
-    serve_app(APP_FACTORY, host, port, workers, database_url, cache_url)
+    serve_app(APP_FACTORY, host, port, workers, database_url, cache_url, limits)
 
 
 if __name__ == "__main__":

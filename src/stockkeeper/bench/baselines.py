@@ -29,11 +29,11 @@ from stockkeeper.cache.read_mode import Source
 from stockkeeper.cache.redis import RedisCache
 from stockkeeper.cache.resp import RespClient
 from stockkeeper.cache.scripts import Keys
-from stockkeeper.cli import serve_app, serve_options
 from stockkeeper.domain import Change, Item, ItemRead
 from stockkeeper.http.app import App, configure_worker_logging, settings_from_environment
 from stockkeeper.http.messages import Receive, Scope, Send
 from stockkeeper.service import Inventory
+from stockkeeper.serving import Limits, serve_app, serve_options
 from stockkeeper.store import Store
 
 NAIVE_TTL_S = 300
@@ -215,15 +215,24 @@ FACTORIES = {
 @click.command()
 @click.argument("kind", type=click.Choice(sorted(FACTORIES)))
 @serve_options
-def main(kind: str, host: str, port: int, workers: int, database_url: str, cache_url: str) -> None:
+def main(
+    kind: str,
+    host: str,
+    port: int,
+    workers: int,
+    database_url: str,
+    cache_url: str,
+    limits: Limits,
+) -> None:
     """Serve the baseline KIND (naive, per-process or hello) as `stockkeeper serve` serves the
-    real app: same options, same preparation (schema, first admin token), same granian setup."""
+    real app: same options, same preparation (schema, first admin token), same granian setup
+    and shutdown."""
     if kind in ("naive", "per-process"):
         try:
             _require_redis(cache_url)
         except ValueError as error:
             raise click.BadParameter(str(error), param_hint="--cache") from None
-    serve_app(FACTORIES[kind], host, port, workers, database_url, cache_url)
+    serve_app(FACTORIES[kind], host, port, workers, database_url, cache_url, limits)
 
 
 if __name__ == "__main__":

@@ -129,15 +129,26 @@ def private_redis() -> Iterator[str]:
 
 def stop(process: subprocess.Popen[bytes], group: bool = False) -> None:
     """SIGTERM, then SIGKILL if it has not exited within STOP_S_MAX."""
-    if process.poll() is None:
+    stop_all([process], group)
+
+
+def stop_all(processes: Sequence[subprocess.Popen[bytes]], group: bool = False) -> None:
+    """`stop` each, all at once: a server drains for its grace before it stops, and the
+    graces of a cluster's servers then run side by side."""
+    running = [process for process in processes if process.poll() is None]
+    for process in running:
         _signal(process, signal.SIGTERM, group)
+    deadline = time.monotonic() + STOP_S_MAX
+    for process in processes:
+        if process not in running:
+            if group:
+                _signal(process, signal.SIGKILL, group)  # orphaned workers of an exited server
+            continue
         try:
-            process.wait(timeout=STOP_S_MAX)
+            process.wait(timeout=max(deadline - time.monotonic(), 0))
         except subprocess.TimeoutExpired:
             _signal(process, signal.SIGKILL, group)
             process.wait(timeout=STOP_S_MAX)
-    elif group:
-        _signal(process, signal.SIGKILL, group)  # orphaned workers of an exited server
 
 
 def kill(process: subprocess.Popen[bytes]) -> None:
@@ -277,8 +288,7 @@ def running_servers(
             name = clerk_name or f"bench-{uuid.uuid4().hex[:8]}"
             yield Cluster(urls, admin, create_token(database_url, name, "clerk"), processes)
         finally:
-            for process in processes:
-                stop(process, group=True)
+            stop_all(processes, group=True)
 
 
 @contextmanager

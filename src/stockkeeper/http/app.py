@@ -13,7 +13,7 @@ import os
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from stockkeeper import failpoints, metrics
@@ -58,6 +58,7 @@ IDEMPOTENCY_PURGE_WAKE_S_MAX = 300  # each process asks at jittered times up to 
 # reads a second here, so a full queue is under 200 ms of work: waits stay bounded under overload,
 # and a stampede of a few hundred concurrent readers per worker is still served.
 IN_FLIGHT_MAX = 1024
+CONNECTION_CLOSE = (b"connection", b"close")
 Handler = Callable[[Request], Awaitable[Response]]
 
 
@@ -84,6 +85,7 @@ class App:
         self._in_flight_max = in_flight_max
         self._docs_cors = docs_cors
         self._in_flight = 0
+        self._draining = False
         self._inventory: Inventory | None = None
         self._purger: asyncio.Task[None] | None = None
         self._failpoints: asyncio.Task[None] | None = None  # tests only: follows a file
@@ -106,6 +108,12 @@ class App:
         app = cls(given, in_flight_max, docs_cors)
         app._inventory = inventory
         return app
+
+    def drain(self) -> None:
+        """This server is shutting down (stockkeeper.serving): /readyz fails from now on, so a
+        load balancer sends elsewhere, and each keep-alive connection closes after its next
+        answer, so its client reconnects elsewhere too; every request is still served."""
+        self._draining = True
 
     @property
     def inventory(self) -> Inventory:
@@ -193,6 +201,8 @@ class App:
             )
         finally:
             self._in_flight -= 1
+        if self._draining:
+            response = replace(response, headers=[*response.headers, CONNECTION_CLOSE])
         await send_response(send, response)
         if route is not None:
             route.timer.observe(time.perf_counter() - started)
@@ -316,6 +326,9 @@ class App:
         return json_response(200, {"status": "up"})
 
     async def readyz(self, request: Request) -> Response:
+        if self._draining:
+            problem = HttpProblem("unavailable", "not ready: draining", down={"server": "draining"})
+            return _problem(problem)
         probes = {"database": self.inventory.ping, "cache": self.inventory.cache.ping}
         down: dict[str, str] = {}
         for name, probe in probes.items():

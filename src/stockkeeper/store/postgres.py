@@ -8,6 +8,16 @@ code here leaves other session state behind.
 TLS: the URL goes to asyncpg as it is, and asyncpg reads libpq's `sslmode`, `sslrootcert`,
 `sslcert` and `sslkey` from it as libpq does: `require` refuses a server without TLS (it never
 falls back to plain text), `verify-ca` checks the certificate, `verify-full` the host name too.
+
+Behind a transaction pooler (PgBouncer's `pool_mode = transaction`, or `session`), the URL says
+`?pooler=transaction`. Consecutive transactions of one client connection may then run in
+different server sessions, so nothing here may rest on a session: no startup parameters
+(PgBouncer refuses them), no prepared statement kept between transactions, no session-level
+SET, lock, LISTEN, cursor or temporary table. Locks are transaction-scoped
+(`pg_advisory_xact_lock`), the change feed and the read mode lease poll with single statements,
+and each write sets `synchronous_commit` and `lock_timeout` for its own transaction (in both
+modes, in messages it sends anyway). What the pooler costs is asyncpg's statement cache: each
+statement is prepared (unnamed) and run in two round trips instead of one.
 """
 
 from __future__ import annotations
@@ -17,6 +27,7 @@ import logging
 import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
@@ -63,6 +74,7 @@ SCHEMA_VERSION = 1
 SCHEMA_REVISION = 2
 _MIGRATION_LOCK_ID = 0x5_70C_4EE9  # pg_advisory_xact_lock key: one migrator at a time
 _PURGE_LOCK_ID = 0x5_70C_4EEA  # pg_try_advisory_xact_lock key: one idempotency key purger
+_STATEMENT_CACHE_SIZE = 100  # asyncpg's default, on a direct connection
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS stockkeeper_meta (
@@ -141,6 +153,40 @@ ON CONFLICT (key) DO UPDATE SET value = excluded.value
 WHERE CAST(stockkeeper_meta.value AS float8) <= extract(epoch FROM now())::float8 - $1::float8
 RETURNING value
 """
+POOLER_MODE = "transaction"  # the one value of the URL's `pooler` parameter
+
+
+def _pooler_mode(url: str) -> tuple[str, bool]:
+    """The URL for asyncpg, without `pooler` (it would go on as a startup parameter), and
+    whether a transaction pooler stands between us and PostgreSQL."""
+    parts = urlsplit(url)
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    modes = {value for key, value in pairs if key == "pooler"}
+    if not modes:
+        return url, False
+    if modes != {POOLER_MODE}:
+        raise ValueError(f"unsupported pooler={','.join(sorted(modes))}: use pooler={POOLER_MODE}")
+    kept = [(key, value) for key, value in pairs if key != "pooler"]
+    if any(key == "search_path" for key, _ in kept):
+        # PgBouncer refuses it, or drops it when told to ignore it: the wrong schema, silently.
+        raise ValueError(
+            "search_path cannot pass a transaction pooler: set it for the role "
+            "(ALTER ROLE … SET search_path) or the database instead"
+        )
+    return urlunsplit(parts._replace(query=urlencode(kept, safe="/,"))), True
+
+
+def _lock_timeout(options: StoreOptions) -> str:
+    return f"{options.lock_wait_ms_max}ms"
+
+
+def _refusal_hint(error: BaseException, pooled: bool) -> str:
+    """What to do about a pooler refusing a startup parameter."""
+    if "unsupported startup parameter" not in str(error):
+        return ""
+    if pooled:
+        return " (a transaction pooler passes no session settings: take it out of the URL)"
+    return f" (behind PgBouncer or another pooler? add ?pooler={POOLER_MODE} to the URL)"
 
 
 async def _schema_state(conn: asyncpg.Connection) -> tuple[int, int]:
@@ -320,6 +366,10 @@ _ADJUST = """
     WITH changed AS (
         UPDATE items SET on_hand = on_hand + $2, version = version + 1
         WHERE sku = $1 AND on_hand + $2 >= 0 AND on_hand + $2 <= $3
+        -- Local to the statement's own transaction, so they hold at its COMMIT, and evaluated
+        -- before it can wait for the row lock (its table locks, taken earlier, wait for DDL).
+        AND set_config('synchronous_commit', 'on', true) IS NOT NULL
+        AND set_config('lock_timeout', $7, true) IS NOT NULL
         RETURNING sku, on_hand, version
     ), audited AS (
         INSERT INTO audit (sku, version, delta, on_hand, user_name, on_behalf_of, reason, at)
@@ -335,7 +385,7 @@ _ADJUST = """
 
 
 async def _adjust_in_one_statement(
-    conn: asyncpg.Connection, write: Write, line: LineChange
+    conn: asyncpg.Connection, write: Write, line: LineChange, lock_timeout: str
 ) -> Receipt:
     row = await conn.fetchrow(
         _ADJUST,
@@ -345,6 +395,7 @@ async def _adjust_in_one_statement(
         write.user,
         write.on_behalf_of,
         write.reason.value,
+        lock_timeout,
     )
     assert row is not None, "the statement returns exactly one row"
     if row["version"] is not None:
@@ -364,25 +415,41 @@ class PostgresStore:
         self._pool = pool
         self._options = options
         self._token_key: bytes | None = None
+        self._lock_timeout = _lock_timeout(options)
+        # One message, one round trip, as BEGIN alone. SET LOCAL lasts until COMMIT, so it
+        # holds there also when a transaction pooler gave this transaction a new session.
+        self._begin = (
+            "BEGIN; SET LOCAL synchronous_commit = on; "
+            f"SET LOCAL lock_timeout = '{self._lock_timeout}'"
+        )
 
     @classmethod
     async def connect(cls, url: str, options: StoreOptions | None = None) -> PostgresStore:
         options = options or StoreOptions()
+        driver_url, pooled = _pooler_mode(url)
+        # An acknowledged purchase must survive a crash, whatever the database's default. Each
+        # write sets both itself (_begin, _ADJUST), all that a pooler lets through; straight at
+        # PostgreSQL they are startup parameters too, bounding every statement's lock waits.
+        session = {"synchronous_commit": "on", "lock_timeout": _lock_timeout(options)}
         try:
             pool = await asyncpg.create_pool(
-                url,
+                driver_url,
                 min_size=1,
                 max_size=options.pool_size,
                 reset=rollback_if_open,
-                # An acknowledged purchase must survive a crash, whatever the database's default.
-                server_settings={
-                    "synchronous_commit": "on",
-                    "lock_timeout": f"{options.lock_wait_ms_max}ms",
-                },
+                server_settings={} if pooled else session,
+                # A prepared statement lives in one server session. Uncached, asyncpg prepares
+                # each statement unnamed and ends the prepare with Flush, not Sync, so the pooler
+                # keeps it on one server session until it has run.
+                statement_cache_size=0 if pooled else _STATEMENT_CACHE_SIZE,
                 command_timeout=30,
                 timeout=5,
             )
         except _UNREACHABLE as error:
+            if hint := _refusal_hint(error, pooled):
+                raise Unavailable(
+                    f"database at {display_url(url)} refused the connection: {error}{hint}"
+                ) from error
             reason = tls.describe(error) or error
             raise Unavailable(f"database unreachable at {display_url(url)}: {reason}") from error
         except asyncpg.PostgresError as error:
@@ -434,16 +501,15 @@ class PostgresStore:
 
     async def _in_tx(self, op: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
         async def run(conn: asyncpg.Connection) -> T:
-            tx = conn.transaction()
-            await tx.start()
+            await conn.execute(self._begin)
             try:
                 result = await op(conn)
             except BaseException:
                 if not conn.is_closed():
-                    await tx.rollback()
+                    await conn.execute("ROLLBACK")
                 raise
             try:
-                await tx.commit()
+                await conn.execute("COMMIT")
             except _UNREACHABLE as error:
                 # Not retried: the COMMIT may have landed. A retry with the same Idempotency-Key
                 # settles it either way.
@@ -502,7 +568,8 @@ class PostgresStore:
             (line,) = write.lines
             await failpoints.hit("store.write.before_change")
             return await self._run(
-                lambda conn: _adjust_in_one_statement(conn, write, line), commits=True
+                lambda conn: _adjust_in_one_statement(conn, write, line, self._lock_timeout),
+                commits=True,
             )
         return await self._in_tx(lambda conn: apply_write(_PgTx(_PgStatements(conn)), write))
 
