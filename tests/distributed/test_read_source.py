@@ -487,6 +487,7 @@ async def test_g1_a_partitioned_server_killed_during_the_switch_leaves_no_read_b
     async with Traffic(cluster) as traffic:
         await asyncio.sleep(WARM_S)
         traffic.mark(f"server {VICTIM} partitioned", focus=VICTIM)
+        partitioned_s = time.monotonic()  # no switch can commit before this
         r.proxies[VICTIM].hold()
 
         async def tripped() -> bool:
@@ -498,17 +499,29 @@ async def test_g1_a_partitioned_server_killed_during_the_switch_leaves_no_read_b
         async def switched() -> bool:
             return (await read_mode_row(cluster.database_url))[1] == "database"
 
+        deadline_s = partitioned_s + 5.0
         if step == "before_switch":
             await until(voted, "the partitioned server votes")
             await asyncio.sleep(0.2)
             # Held before its switch: nobody else can make one (they all reach Redis).
             assert await read_mode_row(cluster.database_url) == (1, "redis", True)
         elif step == "before_activate":
-            await until(switched, "the partitioned server switches to database reads")
-            await asyncio.sleep(KILL_AFTER_SWITCH_S)
-            # Switched, and nobody may activate the new epoch before a lease has run out since
-            # they saw it; the failpoint keeps the victim from ever activating it.
-            assert await read_mode_row(cluster.database_url) == (2, "database", False)
+            # The switch committed after the last read that still saw redis began (`old_s`),
+            # and nobody may activate the new epoch before a lease has run out since they saw
+            # it (the failpoint keeps the victim from ever activating it): a read of the row
+            # that ends before old_s + LEASE_S must find it inactive. A later one may not.
+            old_s = partitioned_s
+            while True:
+                polled_s = time.monotonic()
+                if await switched():
+                    break
+                old_s = polled_s
+                assert old_s < deadline_s, "the partitioned server switches to database reads"
+                await asyncio.sleep(POLL_S)
+            await asyncio.sleep(max(0.0, old_s + KILL_AFTER_SWITCH_S - time.monotonic()))
+            row = await read_mode_row(cluster.database_url)
+            inside_lease = time.monotonic() < old_s + LEASE_S
+            assert row == (2, "database", False) if inside_lease else row[:2] == (2, "database")
         else:
             await until(tripped, "the partitioned server trips")
             await asyncio.sleep(LEASE_S)
