@@ -34,36 +34,55 @@ READS_PER_KEY = 400
 PUSH_HELD = {"STOCKKEEPER_FAILPOINTS": "cache.push.before=sleep(30000)"}
 
 
-async def database_reads(client: Client, url: str) -> float:
+async def counter(client: Client, url: str, name: str) -> float:
+    """A server's counter from its /metrics (0 before it first counts)."""
     text = await client.text(f"{url}/metrics")
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name == "stockkeeper_item_database_reads_total":
+            if sample.name == name:
                 return sample.value
     return 0.0
+
+
+DATABASE_READS = "stockkeeper_item_database_reads_total"
+TRIPS = "stockkeeper_cache_degraded_trips_total"
+STAMPEDE_ATTEMPTS_MAX = 3
+RECOVER_S = 3.0
 
 
 async def test_g4_a_cold_key_stampede_costs_one_database_read_per_key_per_server(
     cluster: Cluster,
 ) -> None:
-    """20 cold keys x 400 concurrent reads over 4 servers (8,000 reads)."""
+    """20 cold keys x 400 concurrent reads over 4 servers (8,000 reads). A Redis reply later
+    than the cache timeout (this 2-core machine, saturated by the stampede itself) trips a
+    server into database reads, which is another scenario: such an attempt is run again, on
+    new keys, at most STAMPEDE_ATTEMPTS_MAX times; one undisturbed attempt must hold."""
     async with Client(400) as client:
-        skus = [f"COLD-{n}" for n in range(KEYS)]
-        for sku in skus:
-            await put_stock(client, cluster, sku, 7)
-        before = [await database_reads(client, url) for url in cluster.urls]
+        for attempt in range(STAMPEDE_ATTEMPTS_MAX):
+            if attempt:  # back on Redis: a trip's vote lives 2 s, then one lease
+                await asyncio.sleep(RECOVER_S)
+            skus = [f"COLD-{attempt}-{n}" for n in range(KEYS)]
+            for sku in skus:
+                await put_stock(client, cluster, sku, 7)
+            names = (DATABASE_READS, TRIPS)
+            before = [[await counter(client, url, n) for n in names] for url in cluster.urls]
 
-        async def read(n: int) -> int:
-            sku, url = skus[n % KEYS], cluster.urls[n // KEYS % len(cluster.urls)]
-            answer = await client.call("GET", f"{url}/v1/items/{sku}", cluster.clerk_token)
-            assert answer.body == {"sku": sku, "on_hand": 7, "version": 1}, answer.body
-            return answer.status
+            async def read(n: int, skus: list[str] = skus) -> int:
+                sku, url = skus[n % KEYS], cluster.urls[n // KEYS % len(cluster.urls)]
+                answer = await client.call("GET", f"{url}/v1/items/{sku}", cluster.clerk_token)
+                assert answer.body == {"sku": sku, "on_hand": 7, "version": 1}, answer.body
+                return answer.status
 
-        statuses = await asyncio.gather(*(read(n) for n in range(KEYS * READS_PER_KEY)))
-        after = [await database_reads(client, url) for url in cluster.urls]
-    assert set(statuses) == {200}
-    per_server = [a - b for a, b in zip(after, before, strict=True)]
-    print(f"\nstampede: {KEYS * READS_PER_KEY} reads, database reads per server {per_server}")
+            statuses = await asyncio.gather(*(read(n) for n in range(KEYS * READS_PER_KEY)))
+            after = [[await counter(client, url, n) for n in names] for url in cluster.urls]
+            assert set(statuses) == {200}
+            per_server = [a[0] - b[0] for a, b in zip(after, before, strict=True)]
+            trips = sum(a[1] - b[1] for a, b in zip(after, before, strict=True))
+            print(f"\nstampede: {KEYS * READS_PER_KEY} reads, database reads per server "
+                  f"{per_server}, trips {trips:g}")  # fmt: skip
+            if not trips:
+                break
+        assert not trips, f"every attempt was disturbed by a trip: {STAMPEDE_ATTEMPTS_MAX}"
     assert all(reads <= KEYS for reads in per_server), per_server
 
 
