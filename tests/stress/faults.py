@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -119,9 +118,6 @@ class Injector:
     _at_once: asyncio.Semaphore = field(
         default_factory=lambda: asyncio.Semaphore(FAULTS_AT_ONCE_MAX)
     )
-
-    def counts(self) -> Counter[str]:
-        return Counter(f.fault.kind for f in self.fired if f.error is None)
 
     async def run(self, faults: list[Fault], started_s: float, until_s: float) -> None:
         """Fire each fault at its offset from `started_s` (or as soon as its resource is free),

@@ -95,15 +95,13 @@ def json_response(
 
 
 async def send_response(send: Send, response: Response) -> None:
-    # A 204 has no content, so no content headers (RFC 9110 forbids its Content-Length).
-    content = (
-        []
-        if response.status == NO_CONTENT
-        else [
+    if response.status == NO_CONTENT:  # no content headers (RFC 9110: no Content-Length)
+        headers = list(response.headers)
+    else:  # every other answer, on the read path: one list, as before 204s existed
+        headers = [
             (b"content-type", response.content_type),
             (b"content-length", b"%d" % len(response.body)),
+            *response.headers,
         ]
-    )
-    headers = [*content, *response.headers]
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
     await send({"type": "http.response.body", "body": response.body})
