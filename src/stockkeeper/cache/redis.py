@@ -19,7 +19,8 @@ from typing import Any
 
 from stockkeeper import failpoints, metrics
 from stockkeeper.cache import scripts
-from stockkeeper.cache.base import DirectReads, read_database
+from stockkeeper.cache.base import read_database
+from stockkeeper.cache.fresh_reads import FreshReads
 from stockkeeper.cache.read_mode import ReadModeLease, ReadModeOptions, ReadSource, Source
 from stockkeeper.cache.resp import CacheReplyError, CacheUnavailable, RespClient
 from stockkeeper.cache.scripts import FillReply, ReadReply
@@ -105,7 +106,10 @@ class RedisCache:
     ) -> None:
         self._client = client
         self._store = store
-        self._database = DirectReads(store)  # what database mode serves
+        # Single flight for the reads that must begin after their reader: database mode's,
+        # and read-throughs (pushed before they are served).
+        self._database_reads = FreshReads(self._read_database)
+        self._read_throughs = FreshReads(self._read_through_now)
         self.options = options or RedisCacheOptions()
         self._ttl_ms = int(self.options.ttl_s * 1000)
         self._read_args = (self.options.lease_ms, self.options.registration_ttl_ms)
@@ -159,6 +163,8 @@ class RedisCache:
     async def close(self) -> None:
         self._closing = True
         await self._mode.close()
+        await self._database_reads.close()
+        await self._read_throughs.close()
         tasks = (self._tailing, self._recovery, *self._refreshing.values())
         for task in (*tasks, *(load.task for load in self._loads.values())):
             if task is not None:
@@ -242,10 +248,10 @@ class RedisCache:
                         if source is Source.REDIS and self._up:
                             read = await self._read_redis(sku, min_version)
                         elif source is Source.DATABASE:
-                            read = await self._database.read(sku)
+                            read = self._answer(await self._database_reads.read(sku), True)
                         elif self._up:
                             # Pushed before it is served: safe whatever the mode.
-                            return self._answer(*await self._read_through(sku, _Load()))
+                            return self._answer(await self._read_throughs.read(sku), True)
                         else:
                             await self._mode.changed(wait_ms / 1000)
                             continue
@@ -307,7 +313,7 @@ class RedisCache:
         if min_version is not None:
             # The cache is behind the caller, or empty: no lease or shared load could promise
             # min_version (another filler may bring an older value), the database can.
-            return self._answer(*await self._read_through(sku, _Load()))
+            return self._answer(await self._read_throughs.read(sku), True)
         load = self._loads.get(sku)
         if load is None or not load.joinable:
             load = self._start_load(sku, ReadReply(reply[0]), reply[1])
@@ -330,7 +336,7 @@ class RedisCache:
         if item is None and load.found_nothing_at <= fetches_seen:
             # "No such item" was read before this reader began: the item may have been created,
             # and served by another server, since. Only a read that began after it may say so.
-            item, from_db = await self._read_through(sku, _Load())
+            item, from_db = await self._read_throughs.read(sku), True
         return self._answer(item, from_db)
 
     @staticmethod
@@ -391,6 +397,15 @@ class RedisCache:
         if item is not None:
             await self._push(item)
         return item, True
+
+    async def _read_through_now(self, sku: str) -> Item | None:
+        item, _ = await self._read_through(sku, _Load())
+        return item
+
+    async def _read_database(self, sku: str) -> Item | None:
+        item = await read_database(self._store, sku)
+        await failpoints.hit("service.read.after_fetch")
+        return item
 
     async def _wait_for_filler(self, sku: str, load: _Load) -> Item | bytes:
         """Another process holds the fill lease: poll Redis (not the database) for its value.
