@@ -45,6 +45,17 @@ CACHE_TRIPS = Counter(
     "Times this process stopped trusting Redis (unreachable, late, or answering errors): it "
     "serves no hit until it recovers, and the cluster reads from the database meanwhile.",
 )
+CLUSTER_REDIRECTS = Counter(
+    "stockkeeper_cache_cluster_redirects_total",
+    "Redis Cluster redirects followed (MOVED: the slot map was read again; ASK: a slot being "
+    "migrated), by kind. Steady growth outside a reshard means a stale map.",
+    ["kind"],
+)
+CLUSTER_FENCES = Counter(
+    "stockkeeper_cache_cluster_fences_total",
+    "Promoted Redis Cluster primaries whose keys this process deleted before serving them (a "
+    "failover: the replica may have lacked acknowledged writes).",
+)
 READ_MODE_SWITCHES = Counter(
     "stockkeeper_read_mode_switches_total",
     "Cluster read mode switches this process made (docs/cache.md, One read source), by the mode "

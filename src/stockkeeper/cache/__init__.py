@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from stockkeeper.cache.base import DirectReads, ReadCache
+from stockkeeper.cache.client import RedisClient
 from stockkeeper.cache.memory import ProvenMemoryCache
 from stockkeeper.cache.read_mode import ReadSource
 from stockkeeper.cache.redis import RedisCache, RedisCacheOptions
@@ -66,11 +67,15 @@ async def open_cache(
         from stockkeeper.cache.scripts import Keys
 
         options = redis_options or RedisCacheOptions()
-        # A blackholed Redis costs a connect timeout: keep it as short as a command's.
-        client = RespClient.from_url(
-            url, timeout_ms=options.timeout_ms, connect_timeout_ms=options.timeout_ms
-        )
+
+        def connect(endpoint: Endpoint) -> RespClient:
+            # A blackholed Redis costs a connect timeout: keep it as short as a command's.
+            return RespClient(
+                endpoint, timeout_ms=options.timeout_ms, connect_timeout_ms=options.timeout_ms
+            )
+
         keys = Keys.for_database(await store.token_key())
+        client = RedisClient(connect(Endpoint.parse(url)), connect, store, keys.pattern)
         cache = RedisCache(client, store, keys, options, read_source)
     await cache.start()
     return cache

@@ -20,9 +20,10 @@ from typing import Any
 from stockkeeper import failpoints, metrics
 from stockkeeper.cache import scripts
 from stockkeeper.cache.base import read_database
+from stockkeeper.cache.client import CacheClient
 from stockkeeper.cache.fresh_reads import FreshReads
 from stockkeeper.cache.read_mode import ReadModeLease, ReadModeOptions, ReadSource, Source
-from stockkeeper.cache.resp import CacheReplyError, CacheUnavailable, RespClient
+from stockkeeper.cache.resp import CacheReplyError, CacheUnavailable
 from stockkeeper.cache.scripts import FillReply, ReadReply
 from stockkeeper.cache.tailer import FeedTailer
 from stockkeeper.domain import (
@@ -98,7 +99,7 @@ class _Load:
 class RedisCache:
     def __init__(
         self,
-        client: RespClient,
+        client: CacheClient,
         store: Store,
         keys: scripts.Keys,
         options: RedisCacheOptions | None = None,

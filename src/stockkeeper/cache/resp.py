@@ -54,6 +54,7 @@ DEFAULT_TIMEOUT_MS = 100
 DEFAULT_CONNECT_TIMEOUT_MS = 1000
 DEFAULT_PENDING_MAX = 10_000
 WATCHDOG_CHECKS_PER_TIMEOUT = 4
+SCAN_COUNT = 1_000
 
 
 class CacheUnavailable(Exception):
@@ -422,6 +423,16 @@ class RespClient:
                 raise
         _, reply = await self.pipeline([("SCRIPT", "LOAD", script.source), command])
         return reply
+
+    async def delete_matching(self, pattern: str) -> None:
+        """Delete every key matching `pattern` (SCAN, then UNLINK each batch)."""
+        cursor: int | bytes = 0
+        while True:
+            cursor, keys = await self.call("SCAN", cursor, "MATCH", pattern, "COUNT", SCAN_COUNT)
+            if keys:
+                await self.call("UNLINK", *keys)
+            if int(cursor) == 0:
+                return
 
     async def close(self) -> None:
         """Fail pending calls, close the socket, and refuse further calls."""

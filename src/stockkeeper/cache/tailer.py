@@ -16,7 +16,8 @@ from collections.abc import Callable, Iterable
 
 from stockkeeper import failpoints, metrics
 from stockkeeper.cache import scripts
-from stockkeeper.cache.resp import CacheReplyError, CacheUnavailable, RespClient
+from stockkeeper.cache.client import CacheClient
+from stockkeeper.cache.resp import CacheReplyError, CacheUnavailable
 from stockkeeper.cache.scripts import PushReply
 from stockkeeper.domain import FeedEntry
 from stockkeeper.outage_log import OutageLog
@@ -25,14 +26,13 @@ from stockkeeper.store.protocol import ChangeFeed
 log = logging.getLogger("stockkeeper.cache")
 
 PUSH_BATCH_MAX = 1_000
-RESET_SCAN_COUNT = 1_000
 
 
 class FeedTailer:
     def __init__(
         self,
         feed: ChangeFeed,
-        client: RespClient,
+        client: CacheClient,
         keys: scripts.Keys,
         *,
         ttl_ms: int,
@@ -110,7 +110,7 @@ class FeedTailer:
                 # the delete passed its key.
                 self._overflowed = False
                 self._pending.clear()
-                await self._delete_every_key()
+                await self._client.delete_matching(self._keys.pattern)
                 await failpoints.hit("cache.reset.after_delete")
                 if self._overflowed:
                     raise CacheUnavailable("the pending set overflowed again during the reset")
@@ -135,17 +135,6 @@ class FeedTailer:
                 if self._pending.get(entry.sku) is entry:
                     del self._pending[entry.sku]
                 _observe_lag(entry, reply)
-
-    async def _delete_every_key(self) -> None:
-        cursor: int | bytes = 0
-        while True:
-            cursor, keys = await self._client.call(
-                "SCAN", cursor, "MATCH", self._keys.pattern, "COUNT", RESET_SCAN_COUNT
-            )
-            if keys:
-                await self._client.call("UNLINK", *keys)
-            if int(cursor) == 0:
-                return
 
     async def run(self, poll_ms: float) -> None:
         """Forever: poll every `poll_ms` (positioning first, retrying while the database is

@@ -50,7 +50,7 @@ from stockkeeper.domain import (
 from stockkeeper.retry import retrying
 from stockkeeper.store import display_url, read_mode_sql
 from stockkeeper.store.protocol import LocalView, ReadModeView, StoreOptions
-from stockkeeper.store.rows import AUDIT_COLUMNS, audit_entry
+from stockkeeper.store.rows import AUDIT_COLUMNS, PURGED_NODE_KEY, audit_entry
 from stockkeeper.store.sql_tx import Row, SqlTx
 from stockkeeper.store.token_sql import (
     BUMP_TOKEN_GENERATION,
@@ -698,6 +698,17 @@ class PostgresStore:
 
     async def activate_read_mode(self, epoch: int) -> None:
         await self._run(lambda conn: conn.execute(read_mode_sql.ACTIVATE, epoch))
+
+    async def cache_node_purged(self, node: str) -> bool:
+        sql = "SELECT 1 FROM stockkeeper_meta WHERE key = $1"
+        return await self._run(lambda conn: conn.fetchval(sql, PURGED_NODE_KEY + node)) is not None
+
+    async def record_cache_node_purged(self, node: str) -> None:
+        sql = (
+            "INSERT INTO stockkeeper_meta (key, value) VALUES ($1, now()::text) "
+            "ON CONFLICT (key) DO NOTHING"
+        )
+        await self._run(lambda conn: conn.execute(sql, PURGED_NODE_KEY + node))
 
     async def ping(self) -> None:
         await self._run(lambda conn: conn.fetchval("SELECT 1"))

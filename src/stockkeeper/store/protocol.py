@@ -161,6 +161,13 @@ class Store(Protocol):
         """Record that every lease older than `epoch` has lapsed."""
         ...
 
+    async def cache_node_purged(self, node: str) -> bool:
+        """Whether a promoted Redis Cluster primary (`run_id:replication id`) was purged of
+        this deployment's keys: the ledger that lets one server fence it for all."""
+        ...
+
+    async def record_cache_node_purged(self, node: str) -> None: ...
+
     async def ping(self) -> None:
         """Raise Unavailable unless the database answers."""
         ...

@@ -25,3 +25,7 @@ def audit_entry(row: Row, at: datetime) -> AuditEntry:
         idempotency_key=row["idempotency_key"],
         at=at,
     )
+
+
+PURGED_NODE_KEY = "cache_purged:"
+"""stockkeeper_meta key prefix of a promoted Redis Cluster primary that was purged."""

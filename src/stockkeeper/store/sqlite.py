@@ -37,7 +37,7 @@ from stockkeeper.domain import (
 from stockkeeper.retry import retrying
 from stockkeeper.store import read_mode_sql
 from stockkeeper.store.protocol import ReadModeView, StoreOptions
-from stockkeeper.store.rows import AUDIT_COLUMNS, audit_entry
+from stockkeeper.store.rows import AUDIT_COLUMNS, PURGED_NODE_KEY, audit_entry
 from stockkeeper.store.sql_tx import Row, SqlTx
 from stockkeeper.store.token_sql import (
     BUMP_TOKEN_GENERATION,
@@ -528,6 +528,17 @@ class SqliteStore:
     async def activate_read_mode(self, epoch: int) -> None:
         sql = _numbered(read_mode_sql.ACTIVATE)
         await self._in_tx(lambda: self._writer.execute(sql, epoch))
+
+    async def cache_node_purged(self, node: str) -> bool:
+        sql = "SELECT 1 FROM stockkeeper_meta WHERE key = ?"
+        return await self._reader.first(sql, PURGED_NODE_KEY + node) is not None
+
+    async def record_cache_node_purged(self, node: str) -> None:
+        sql = (
+            "INSERT INTO stockkeeper_meta (key, value) VALUES (?1, datetime('now')) "
+            "ON CONFLICT (key) DO NOTHING"
+        )
+        await self._in_tx(lambda: self._writer.execute(sql, PURGED_NODE_KEY + node))
 
     async def ping(self) -> None:
         try:
