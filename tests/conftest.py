@@ -3,12 +3,17 @@ throwaway PKI with a private PostgreSQL and private Redis servers that speak TLS
 
 from __future__ import annotations
 
+import asyncio
+import faulthandler
 import os
+import signal
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 import asyncpg
 import httpx
@@ -21,6 +26,36 @@ from tests.distributed.pgbouncer import direct_url, running_pgbouncer
 from tests.distributed.postgres_server import PostgresServer, running_postgres
 from tests.distributed.redis_server import RedisServer, RedisTls, running_redis
 from tests.tls import OTHER_HOST, Pki, make_pki
+
+# No test needs this long; a hung one fails, and says what it awaited.
+TEST_S_MAX = float(os.environ.get("STOCKKEEPER_TEST_S_MAX", "300"))
+
+
+def _dump_tasks(out: TextIO) -> None:
+    loop = asyncio._get_running_loop()
+    faulthandler.dump_traceback(out)
+    for task in [] if loop is None else asyncio.all_tasks(loop):
+        print(f"--- {task!r}", file=out)
+        task.print_stack(limit=50, file=out)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    """A limit on every test: past TEST_S_MAX, every asyncio task's stack goes to the test's
+    stderr and the test fails, rather than holding the whole run until CI gives up."""
+
+    def ran_out(signum: int, frame: object) -> None:
+        _dump_tasks(sys.stderr)
+        raise TimeoutError(f"{item.nodeid} ran past {TEST_S_MAX:g} s")
+
+    previous = signal.signal(signal.SIGALRM, ran_out)
+    signal.setitimer(signal.ITIMER_REAL, TEST_S_MAX)
+    try:
+        return (yield)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
 
 POSTGRES_URL = os.environ.get(
     "STOCKKEEPER_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"

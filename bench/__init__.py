@@ -1,0 +1,1 @@
+"""Measurements run by hand (each module says how); results in BENCHMARKS.md."""
