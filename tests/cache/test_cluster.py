@@ -17,6 +17,7 @@ import pytest
 from stockkeeper import metrics
 from stockkeeper.cache import RedisCacheOptions, open_cache
 from stockkeeper.cache.client import RedisClient
+from stockkeeper.cache.read_mode import ReadModeOptions
 from stockkeeper.cache.redis import RedisCache
 from stockkeeper.cache.resp import CacheUnavailable, Endpoint, RespClient
 from stockkeeper.cache.slots import slot
@@ -152,7 +153,9 @@ async def test_the_cache_on_a_cluster_hits_and_never_trips(
     """The issue's measure: 20 cold keys, 400 reads each, cost 8,000 database reads when the client
     followed no redirect; routed, each key is read from the database about once."""
     inventory = Inventory(store)
-    options = RedisCacheOptions(timeout_ms=2_000)
+    # A long lease: a loop starved on a loaded machine must not let it lapse between rounds
+    # (reads then go to the database, correctly, and this test is about routing).
+    options = RedisCacheOptions(timeout_ms=2_000, read_mode=ReadModeOptions(lease_ms=2_000.0))
     cache = await open_cache(redis_cluster.seed_url, store, options)
     inventory.cache = cache
     trips = metrics.CACHE_TRIPS._value.get()  # type: ignore[attr-defined]

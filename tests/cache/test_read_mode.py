@@ -10,6 +10,7 @@ removed, which must break it.
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import random
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from typing import Any, cast
 import pytest
 
 from stockkeeper.cache.read_mode import ReadModeLease, ReadModeOptions, Source
-from stockkeeper.store import Store
+from stockkeeper.store import Store, open_store
 from stockkeeper.store.protocol import ReadModeView
 from tests.cache.naive import expect
 
@@ -154,3 +155,25 @@ def test_a_lease_shorter_than_its_poll_or_margin_is_refused() -> None:
         ReadModeOptions(lease_ms=100.0, poll_ms=100.0)
     with pytest.raises(ValueError, match="must exceed"):
         ReadModeOptions(lease_ms=100.0, poll_ms=50.0, margin_ms=100.0)
+
+
+async def test_a_close_right_as_the_lease_is_poked_ends_its_task(database_url: str) -> None:
+    """Python 3.11's `asyncio.wait_for` drops a cancellation that arrives as its awaitable
+    completes: a close() right after a poke (a trip, as a server shuts down) then waited for
+    the lease task forever. A CI run hung there; the lease waits with `asyncio.timeout`."""
+
+    async def caught_up() -> bool:
+        return True
+
+    store = await open_store(database_url)
+    await store.migrate()
+    try:
+        mode = ReadModeLease(store, OPTIONS, reaches_redis=lambda: True, catch_up=caught_up)
+        await mode.start()
+        await asyncio.sleep(0.02)  # waiting for its next poll
+        mode.poke()
+        closing = asyncio.create_task(mode.close())
+        done, _ = await asyncio.wait({closing}, timeout=2)
+        assert closing in done, "the lease task ignored its cancellation"
+    finally:
+        await store.close()

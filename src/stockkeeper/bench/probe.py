@@ -89,7 +89,6 @@ async def probe(
             else:
                 result.lags_s.append(max(arrivals) - acked)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(
-                stop.wait(), max(0.0, started + PROBE_EVERY_S - time.monotonic())
-            )
+            async with asyncio.timeout(max(0.0, started + PROBE_EVERY_S - time.monotonic())):
+                await stop.wait()
     return result

@@ -136,8 +136,11 @@ class ReadModeLease:
         return None
 
     async def changed(self, timeout_s: float) -> None:
+        # asyncio.timeout, not wait_for: Python 3.11's wait_for drops a cancellation that
+        # arrives as its awaitable completes, and the cancelled task then runs on.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self._changed), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await asyncio.shield(self._changed)
 
     def poke(self) -> None:
         self._poked.set()
@@ -239,7 +242,8 @@ class ReadModeLease:
     async def _run(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._poked.wait(), self._options.poll_ms / 1000)
+                async with asyncio.timeout(self._options.poll_ms / 1000):
+                    await self._poked.wait()
             self._poked.clear()
             try:
                 await self.step()

@@ -333,7 +333,8 @@ class App:
         down: dict[str, str] = {}
         for name, probe in probes.items():
             try:
-                await asyncio.wait_for(probe(), timeout=2)
+                async with asyncio.timeout(2):
+                    await probe()
             except Exception as error:
                 down[name] = str(error) or type(error).__name__
         if down:

@@ -334,7 +334,8 @@ class SqliteStore:
         """This process's one writer connection, waited for at most pool_wait_ms_max."""
         wait_ms = self._pool_wait_ms_max
         try:
-            await asyncio.wait_for(self._write_lock.acquire(), wait_ms / 1000)
+            async with asyncio.timeout(wait_ms / 1000):
+                await self._write_lock.acquire()
         except TimeoutError as error:
             metrics.BUSY_REFUSALS.inc()
             raise Busy(f"busy: the database writer was not free within {wait_ms} ms") from error
