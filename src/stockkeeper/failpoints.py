@@ -40,6 +40,7 @@ POINTS = frozenset(
         "store.write.before_change",
         "store.write.before_audit",
         "store.write.before_commit",
+        "store.migrate.before_ddl",
         "service.read.after_fetch",
         "cache.push.before",
         "cache.reset.after_delete",

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
+from stockkeeper import failpoints
 from stockkeeper.store import open_store
 from stockkeeper.store.postgres import SCHEMA_REVISION
 from tests.conftest import POSTGRES_DIRECT_AND_POOLED, direct
@@ -83,3 +84,31 @@ async def test_a_newer_revision_is_left_alone_and_a_newer_version_refused(
     await migrated.execute("UPDATE stockkeeper_meta SET value = '99' WHERE key = 'schema_version'")
     with pytest.raises(RuntimeError, match="schema is version 99, newer than this stockkeeper"):
         await start(database_url)
+
+
+async def test_servers_starting_together_on_an_old_revision_run_the_ddl_once(
+    database_url: str, migrated: asyncpg.Connection
+) -> None:
+    """Each saw the old revision before the lock; the one that waited for the lock must see the
+    upgrade made meanwhile and take none of the DDL's locks again (a rolling deploy starts many
+    servers at once)."""
+    await migrated.execute("DELETE FROM stockkeeper_meta WHERE key = 'schema_revision'")
+    reached, release = asyncio.Event(), asyncio.Event()
+    ddl_runs = 0
+
+    async def before_ddl() -> None:
+        nonlocal ddl_runs
+        ddl_runs += 1
+        if ddl_runs == 1:  # the first holds the lock until the second is queued behind it
+            reached.set()
+            await asyncio.wait_for(release.wait(), START_S_MAX)
+
+    with failpoints.armed("store.migrate.before_ddl", before_ddl):
+        first = asyncio.create_task(start(database_url))
+        await asyncio.wait_for(reached.wait(), START_S_MAX)
+        second = asyncio.create_task(start(database_url))
+        await asyncio.sleep(0.3)  # it read the old revision and waits on the advisory lock
+        release.set()
+        await asyncio.gather(first, second)
+    assert ddl_runs == 1
+    assert await meta(migrated, "schema_revision") == str(SCHEMA_REVISION)

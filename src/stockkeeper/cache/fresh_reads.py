@@ -10,9 +10,10 @@ read per SKU and process (two when the burst straddles one in flight), not N (G4
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
+
+from stockkeeper.tasks import cancel_and_wait
 
 T = TypeVar("T")
 
@@ -63,10 +64,7 @@ class FreshReads(Generic[T]):
 
     async def close(self) -> None:
         self._closed = True
-        for task in list(self._running.values()):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(*self._running.values())
         for round_ in self._next.values():
             round_.cancel()
         self._next.clear()

@@ -32,6 +32,7 @@ from stockkeeper.domain import StockkeeperError
 from stockkeeper.outage_log import OutageLog
 from stockkeeper.store import Store
 from stockkeeper.store.protocol import ReadModeView
+from stockkeeper.tasks import cancel_and_wait
 
 log = logging.getLogger("stockkeeper.cache")
 
@@ -151,10 +152,7 @@ class ReadModeLease:
         self._task = asyncio.create_task(self._run())
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
 
     def observe(self, view: ReadModeView, sent_s: float, received_s: float) -> None:
         """Take one read of the row, sent at `sent_s` and answered at `received_s`."""

@@ -36,6 +36,7 @@ from stockkeeper.domain import (
     Unavailable,
 )
 from stockkeeper.store import Store
+from stockkeeper.tasks import cancel_and_wait
 
 log = logging.getLogger("stockkeeper.cache")
 
@@ -166,12 +167,8 @@ class RedisCache:
         await self._mode.close()
         await self._database_reads.close()
         await self._read_throughs.close()
-        tasks = (self._tailing, self._recovery, *self._refreshing.values())
-        for task in (*tasks, *(load.task for load in self._loads.values())):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+        loads = (load.task for load in self._loads.values())
+        await cancel_and_wait(self._tailing, self._recovery, *self._refreshing.values(), *loads)
         await self._client.close()
 
     async def ping(self) -> None:

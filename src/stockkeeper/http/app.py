@@ -7,7 +7,6 @@ Bare ASGI rather than a framework: measured here, a framework's per-request cost
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import random
@@ -48,6 +47,7 @@ from stockkeeper.http.routes import ROUTES, Route
 from stockkeeper.outage_log import OutageLog
 from stockkeeper.service import Inventory
 from stockkeeper.store import DEFAULT_DATABASE_URL, StoreOptions
+from stockkeeper.tasks import cancel_and_wait
 
 log = logging.getLogger("stockkeeper.http")
 
@@ -154,11 +154,7 @@ class App:
             self._failpoints = asyncio.create_task(failpoints.follow_file(failpoints_file))
 
     async def shutdown(self) -> None:
-        for task in (self._purger, self._failpoints):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await cancel_and_wait(self._purger, self._failpoints)
         if self._inventory is not None:
             await self._inventory.close()
             self._inventory = None

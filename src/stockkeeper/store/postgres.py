@@ -192,13 +192,12 @@ def _refusal_hint(error: BaseException, pooled: bool) -> str:
 async def _schema_state(conn: asyncpg.Connection) -> tuple[int, int]:
     """(version, revision) of the schema; 0 for what is not there yet (no schema at all, or
     one older than revisions)."""
-    try:
-        rows = await conn.fetch(
-            "SELECT key, value FROM stockkeeper_meta "
-            "WHERE key IN ('schema_version', 'schema_revision')"
-        )
-    except asyncpg.UndefinedTableError:
+    # Asked, not caught: an error would abort the migration's transaction that asks too.
+    if not await conn.fetchval("SELECT to_regclass('stockkeeper_meta') IS NOT NULL"):
         return 0, 0
+    rows = await conn.fetch(
+        "SELECT key, value FROM stockkeeper_meta WHERE key IN ('schema_version', 'schema_revision')"
+    )
     found = {row["key"]: int(row["value"]) for row in rows}
     return found.get("schema_version", 0), found.get("schema_revision", 0)
 
@@ -532,6 +531,11 @@ class PostgresStore:
 
         async def run(conn: asyncpg.Connection) -> None:
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK_ID)
+            # Servers started together all saw the old revision; the first to get the lock
+            # upgrades, and the others must not take the DDL's locks again after it.
+            if (await _schema_state(conn))[1] >= SCHEMA_REVISION:
+                return
+            await failpoints.hit("store.migrate.before_ddl")
             await conn.execute(_SCHEMA)
             await conn.execute(
                 "INSERT INTO stockkeeper_meta (key, value) VALUES "
