@@ -19,7 +19,7 @@ from stockkeeper.cache import RedisCacheOptions, open_cache
 from stockkeeper.cache.client import RedisClient
 from stockkeeper.cache.read_mode import ReadModeOptions
 from stockkeeper.cache.redis import RedisCache
-from stockkeeper.cache.resp import CacheUnavailable, Endpoint, RespClient
+from stockkeeper.cache.resp import CacheUnavailable, Endpoint, RespClient, Script
 from stockkeeper.cache.slots import slot
 from stockkeeper.service import Inventory
 from stockkeeper.store import Store, open_store
@@ -134,6 +134,20 @@ async def test_a_key_half_way_through_a_migration_is_asked_for_where_it_went(
         for node in (source, target):
             cli(node, "CLUSTER", "SETSLOT", str(key_slot), "NODE", target.node_id)
         move_slot(redis_cluster, key_slot, target, source)
+
+
+async def test_a_script_a_node_does_not_know_is_loaded_there_in_the_same_write(
+    redis_cluster: RedisCluster, client: RedisClient
+) -> None:
+    """A promoted primary has no scripts (SCRIPT LOAD is not replicated): NOSCRIPT, then
+    SCRIPT LOAD and the command in one write, on that node."""
+    read = Script("return redis.call('GET', KEYS[1])")
+    keys = [f"sk:test:{{script-{n}}}" for n in range(30)]  # on every primary
+    await asyncio.gather(*(client.call("SET", key, key) for key in keys))
+    for node in redis_cluster.primaries():
+        assert cli(node, "SCRIPT", "FLUSH") == "OK"
+    replies = await asyncio.gather(*(client.evalsha(read, (key,)) for key in keys))
+    assert replies == [key.encode() for key in keys]
 
 
 async def test_delete_matching_covers_every_primary(

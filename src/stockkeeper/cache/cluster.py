@@ -38,6 +38,7 @@ from stockkeeper.cache.resp import (
 )
 from stockkeeper.cache.slots import SLOTS, Node, parse_slots, slot
 from stockkeeper.domain import StockkeeperError
+from stockkeeper.tasks import cancel_and_wait
 
 log = logging.getLogger("stockkeeper.cache")
 
@@ -86,21 +87,21 @@ class ClusterClient:
 
     # --- commands ---------------------------------------------------------------------------
 
-    async def call(self, *args: Arg) -> Any:
+    # `call` and `evalsha` hand back `_routed`'s coroutine: one coroutine per command.
+
+    def call(self, *args: Arg) -> Awaitable[Any]:
         """Run a command by its key's slot; `PING` asks every primary (the cache's health)."""
         name = _name(args[0])
         if name == b"PING":
-            await self._ping_primaries()
-            return b"PONG"
+            return self._ping_primaries()
         if name in _KEYLESS:
             raise ValueError(f"{args[0]!r} is not routed on a Redis Cluster")
-        return await self._routed(args[1], args, None)
+        return self._routed(args[1], args, None)
 
-    async def evalsha(
+    def evalsha(
         self, script: Script, keys: Sequence[Arg] = (), args: Sequence[Arg] = ()
-    ) -> Any:
-        command = ("EVALSHA", script.sha, len(keys), *keys, *args)
-        return await self._routed(keys[0], command, script)
+    ) -> Awaitable[Any]:
+        return self._routed(keys[0], ("EVALSHA", script.sha, len(keys), *keys, *args), script)
 
     async def delete_matching(self, pattern: str) -> None:
         """Delete every key matching `pattern` on every primary."""
@@ -110,14 +111,13 @@ class ClusterClient:
 
     async def close(self) -> None:
         self._closed = True
-        for task in (self._refreshing, *self._fencing.values()):
-            if task is not None:
-                task.cancel()
+        await cancel_and_wait(self._refreshing, *self._fencing.values())
         await asyncio.gather(*(client.close() for client in self._clients.values()))
 
     async def _routed(self, key: Arg, command: tuple[Arg, ...], script: Script | None) -> Any:
         key_slot = slot(key if isinstance(key, str | bytes) else str(key))
         asking: RespClient | None = None
+        load = False  # the node lacks the script (a new primary): load it in the same write
         for _ in range(REDIRECTS_MAX):
             if self._stale:
                 await self._refresh(force=False)
@@ -125,13 +125,18 @@ class ClusterClient:
             if node is None:
                 raise CacheUnavailable(self._why_unusable(key_slot))
             try:
-                return await _send(node, command, script, asking=asking is not None)
+                if asking is None and not load:
+                    return await node.call(*command)  # the hit path
+                return await _send(node, command, script if load else None, asking=asking)
             except CacheUnavailable:
                 self._stale = True  # a failover, perhaps: read the map before the next try
                 raise
             except CacheReplyError as error:
                 kind, _, rest = str(error).partition(" ")
-                asking = None
+                if kind == "NOSCRIPT" and script is not None and not load:
+                    load = True
+                    continue  # the same node, ASKING again if it was asked
+                asking, load = None, False
                 if kind in ("MOVED", "ASK"):
                     metrics.CLUSTER_REDIRECTS.labels(kind=kind.lower()).inc()
                 if kind == "MOVED":
@@ -149,10 +154,11 @@ class ClusterClient:
                     raise
         raise CacheUnavailable(f"slot {key_slot}: still redirected after {REDIRECTS_MAX} tries")
 
-    async def _ping_primaries(self) -> None:
+    async def _ping_primaries(self) -> bytes:
         await self._refresh(force=self._stale)
         self._check_whole()
         await asyncio.gather(*(node.call("PING") for node in self._primaries.values()))
+        return b"PONG"
 
     def _check_whole(self) -> None:
         if self._unusable:
@@ -290,20 +296,21 @@ class ClusterClient:
 
 
 async def _send(
-    node: RespClient, command: tuple[Arg, ...], script: Script | None, *, asking: bool
+    node: RespClient,
+    command: tuple[Arg, ...],
+    script: Script | None,
+    *,
+    asking: RespClient | None,
 ) -> Any:
-    """One command to one node, after ASKING when redirected so; a script Redis does not
-    know (a new primary) is loaded and the command sent again, in one write."""
-    prefix: list[tuple[Arg, ...]] = [("ASKING",)] if asking else []
-    try:
-        if not asking:
-            return await node.call(*command)
-        return (await node.pipeline([*prefix, command]))[-1]
-    except CacheReplyError as error:
-        if script is None or not str(error).startswith("NOSCRIPT"):
-            raise
-    replies = await node.pipeline([("SCRIPT", "LOAD", script.source), *prefix, command])
-    return replies[-1]
+    """One command to one node in one write: after ASKING when redirected so, and after
+    loading `script` when the node did not know it."""
+    commands: list[tuple[Arg, ...]] = []
+    if script is not None:
+        commands.append(("SCRIPT", "LOAD", script.source))
+    if asking is not None:
+        commands.append(("ASKING",))
+    commands.append(command)
+    return (await node.pipeline(commands))[-1]
 
 
 def _name(arg: Arg) -> bytes:
