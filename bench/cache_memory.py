@@ -10,20 +10,17 @@ Usage (from the project folder; needs PostgreSQL and redis-server):
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 from contextlib import ExitStack
 
 import uvloop
 
+from bench import POSTGRES_URL
 from stockkeeper.bench.cluster import fresh_schema, private_redis
 from stockkeeper.cache.resp import RespClient
 from stockkeeper.service import Inventory
 from stockkeeper.store import open_store
 
-POSTGRES_URL = os.environ.get(
-    "STOCKKEEPER_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
-)
 BATCH = 200
 
 

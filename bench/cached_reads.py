@@ -13,8 +13,14 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
+from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 
+import uvloop
+
+from bench import POSTGRES_URL
+from stockkeeper.bench.cluster import fresh_schema
 from stockkeeper.service import Inventory
 
 SKU = "CACHED-READ-BENCH"
@@ -103,3 +109,12 @@ async def run(database_url: str, cache_urls: dict[str, str], gets: int, rounds: 
     for name in list(medians)[1:]:
         ratios = (v / b for v, b in zip(medians[name], medians[base], strict=True))
         print(f"{name + '/' + base:<10}" + "".join(f"{ratio:>10.2f}" for ratio in ratios))
+
+
+def compare(start_caches: Callable[[ExitStack], dict[str, str]], gets: int, rounds: int) -> None:
+    """Start the caches (their URLs by name, the baseline first) and a fresh schema, measure,
+    print the table, and stop everything."""
+    with ExitStack() as stack:
+        cache_urls = start_caches(stack)
+        database_url = stack.enter_context(fresh_schema(POSTGRES_URL))
+        uvloop.run(run(database_url, cache_urls, gets, rounds))

@@ -9,29 +9,23 @@ Usage (from the project folder; needs PostgreSQL, redis-server and the test extr
 
 from __future__ import annotations
 
-import os
 import sys
 from contextlib import ExitStack
 
-import uvloop
 from tests.distributed.redis_cluster import running_redis_cluster
 from tests.distributed.redis_server import running_redis
 
-from bench.cached_reads import run
-from stockkeeper.bench.cluster import fresh_schema
+from bench.cached_reads import compare
 
-POSTGRES_URL = os.environ.get(
-    "STOCKKEEPER_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
-)
+
+def single_and_cluster(stack: ExitStack) -> dict[str, str]:
+    single = stack.enter_context(running_redis())
+    cluster = stack.enter_context(running_redis_cluster())
+    return {"single": single.url, "cluster": cluster.seed_url}
 
 
 def main(gets: int = 20_000, rounds: int = 3) -> None:
-    with ExitStack() as stack:
-        single = stack.enter_context(running_redis())
-        cluster = stack.enter_context(running_redis_cluster())
-        database_url = stack.enter_context(fresh_schema(POSTGRES_URL))
-        cache_urls = {"single": single.url, "cluster": cluster.seed_url}
-        uvloop.run(run(database_url, cache_urls, gets, rounds))
+    compare(single_and_cluster, gets, rounds)
 
 
 if __name__ == "__main__":

@@ -7,33 +7,27 @@ Usage (from the project folder; needs PostgreSQL, redis-server and the test extr
 
 from __future__ import annotations
 
-import os
 import sys
 import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 
-import uvloop
 from tests.distributed.redis_server import RedisTls, running_redis
 from tests.tls import make_pki
 
-from bench.cached_reads import run
-from stockkeeper.bench.cluster import fresh_schema
+from bench.cached_reads import compare
 
-POSTGRES_URL = os.environ.get(
-    "STOCKKEEPER_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
-)
+
+def plain_and_tls(stack: ExitStack) -> dict[str, str]:
+    folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sk-tls-bench-")))
+    pki = make_pki(folder)
+    plain = stack.enter_context(running_redis())
+    tls = stack.enter_context(running_redis(RedisTls(pki.server.cert, pki.server.key, pki.ca)))
+    return {"plain": plain.url, "tls": f"{tls.url}?ssl_ca_certs={pki.ca}"}
 
 
 def main(gets: int = 20_000, rounds: int = 3) -> None:
-    with ExitStack() as stack:
-        folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sk-tls-bench-")))
-        pki = make_pki(folder)
-        plain = stack.enter_context(running_redis())
-        tls = stack.enter_context(running_redis(RedisTls(pki.server.cert, pki.server.key, pki.ca)))
-        database_url = stack.enter_context(fresh_schema(POSTGRES_URL))
-        cache_urls = {"plain": plain.url, "tls": f"{tls.url}?ssl_ca_certs={pki.ca}"}
-        uvloop.run(run(database_url, cache_urls, gets, rounds))
+    compare(plain_and_tls, gets, rounds)
 
 
 if __name__ == "__main__":
