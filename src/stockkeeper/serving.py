@@ -102,8 +102,8 @@ _SERVE_OPTIONS = (
         envvar="STOCKKEEPER_CACHE_URL",
         default=DEFAULT_CACHE_URL,
         show_default=True,
-        help="memory:// (in-process), redis://host:port/db or rediss://… (TLS) "
-        "(also STOCKKEEPER_CACHE_URL).",
+        help="memory:// (in-process), redis://host:port/db, rediss://… (TLS), "
+        "unix:///path?db=N, or any Redis Cluster node's URL (also STOCKKEEPER_CACHE_URL).",
     ),
     click.option(
         "--drain-grace-ms",

@@ -8,6 +8,7 @@ that client's coroutine, so the hit path pays one function call here, not a coro
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
@@ -36,9 +37,7 @@ class RedisClient:
         purge_pattern: str,
     ) -> None:
         self._seed = seed
-        self._new_client = new_client
-        self._ledger = ledger
-        self._purge_pattern = purge_pattern
+        self._cluster = functools.partial(ClusterClient, seed, new_client, ledger, purge_pattern)
         self._told: RespClient | ClusterClient | None = None
 
     @property
@@ -73,9 +72,7 @@ class RedisClient:
             if b"cluster_enabled:1" in info:
                 if self._seed.endpoint.host is None:
                     raise CacheUnavailable("a Redis Cluster is reached over TCP, not a socket")
-                self._told = ClusterClient(
-                    self._seed, self._new_client, self._ledger, self._purge_pattern
-                )
+                self._told = self._cluster()
             else:
                 self._told = self._seed
         return self._told
