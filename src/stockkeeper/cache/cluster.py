@@ -325,7 +325,7 @@ def _target(redirect: str, sender: RespClient) -> str:
 
 def _node(address: str) -> Node:
     host, _, port = address.rpartition(":")
-    return Node(host, int(port), "")
+    return Node(host, int(port))
 
 
 def _info(reply: bytes) -> dict[str, str]:

@@ -27,7 +27,6 @@ def slot(key: str | bytes) -> int:
 class Node:
     host: str
     port: int
-    node_id: str
 
     @property
     def address(self) -> str:
@@ -39,19 +38,15 @@ class SlotRange:
     first: int
     last: int
     primary: Node
-    replicas: tuple[Node, ...]
 
 
 def parse_slots(reply: list[Any], seed_host: str) -> list[SlotRange]:
-    """`CLUSTER SLOTS`: [first, last, [host, port, id, …], replicas…] per range. A node that
-    does not know its own address answers an empty host: it is the one asked."""
-
-    def node(entry: list[Any]) -> Node:
-        host = entry[0].decode() if entry[0] else seed_host
-        return Node(host, int(entry[1]), entry[2].decode() if len(entry) > 2 else "")
-
+    """`CLUSTER SLOTS`: [first, last, [host, port, id, …], replicas…] per range; only the
+    primary is used (reads never go to replicas). A node that does not know its own address
+    answers an empty host: it is the one asked."""
     ranges = [
-        SlotRange(int(r[0]), int(r[1]), node(r[2]), tuple(node(e) for e in r[3:])) for r in reply
+        SlotRange(int(r[0]), int(r[1]), Node(r[2][0].decode() or seed_host, int(r[2][1])))
+        for r in reply
     ]
     covered = sum(r.last - r.first + 1 for r in ranges)
     if covered != SLOTS:
