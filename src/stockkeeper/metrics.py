@@ -72,6 +72,11 @@ READS_REFUSED = Counter(
     "process cannot reach Redis and the cluster has not yet switched to database reads, or "
     "its lease could not be renewed).",
 )
+FEED_WAITS = Counter(
+    "stockkeeper_cache_feed_waits_total",
+    "Reads that waited for this process's next poll of the change feed before a hit: its last "
+    "poll, pushed in full, began more than feed_fresh_ms ago (the database slow or out of reach).",
+)
 BUSY_REFUSALS = Counter(
     "stockkeeper_busy_refusals_total",
     "Requests answered 503 busy: no database connection free within pool_wait_ms_max, or "

@@ -1,8 +1,9 @@
-"""Stopping background tasks at shutdown."""
+"""Background tasks: waiting for their next round, and stopping them at shutdown."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 
@@ -20,3 +21,23 @@ async def cancel_and_wait(*tasks: asyncio.Future[Any] | None) -> None:
     for task in running:
         if not task.cancelled():
             task.exception()  # retrieved: an error on the way out is not logged as lost
+
+
+class Rounds:
+    """Lets callers wait for the end of a background loop's next round (a poll): one future
+    per round, swapped for a fresh one as the round ends."""
+
+    def __init__(self) -> None:
+        self._next: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def ended(self) -> None:
+        ended, self._next = self._next, asyncio.get_running_loop().create_future()
+        ended.set_result(None)
+
+    async def wait(self, timeout_s: float) -> None:
+        """Return when the next round ends, or after `timeout_s`."""
+        # asyncio.timeout, not wait_for: Python 3.11's wait_for drops a cancellation that
+        # arrives as its awaitable completes, and the cancelled task then runs on.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await asyncio.shield(self._next)

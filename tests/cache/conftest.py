@@ -3,6 +3,7 @@ cache client, sharing the real PostgreSQL or SQLite and the real Redis."""
 
 from __future__ import annotations
 
+import math
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -22,6 +23,9 @@ from stockkeeper.service import Inventory
 from stockkeeper.store import Store, open_store
 
 REDIS_URL = os.environ.get("STOCKKEEPER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+# The tailer stays out of a scenario's way (no poll repairs what it forces), and so does the
+# check that needs its polls before a hit (G2): each scenario tests another mechanism.
+NO_FEED = {"feed_poll_ms": 60_000.0, "feed_fresh_ms": math.inf}
 
 
 @dataclass

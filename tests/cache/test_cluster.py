@@ -167,9 +167,14 @@ async def test_the_cache_on_a_cluster_hits_and_never_trips(
     """The issue's measure: 20 cold keys, 400 reads each, cost 8,000 database reads when the client
     followed no redirect; routed, each key is read from the database about once."""
     inventory = Inventory(store)
-    # A long lease: a loop starved on a loaded machine must not let it lapse between rounds
-    # (reads then go to the database, correctly, and this test is about routing).
-    options = RedisCacheOptions(timeout_ms=2_000, read_mode=ReadModeOptions(lease_ms=2_000.0))
+    # A long lease, and a long wait for the feed: a loop starved by 8,000 reads at once must
+    # not let either lapse between rounds (reads then wait or go to the database, correctly,
+    # and this test is about routing).
+    options = RedisCacheOptions(
+        timeout_ms=2_000,
+        feed_fresh_ms=2_000.0,
+        read_mode=ReadModeOptions(lease_ms=2_000.0),
+    )
     cache = await open_cache(redis_cluster.seed_url, store, options)
     inventory.cache = cache
     trips = metrics.CACHE_TRIPS._value.get()  # type: ignore[attr-defined]

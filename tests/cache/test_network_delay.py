@@ -30,13 +30,12 @@ import pytest
 from stockkeeper.domain import AUDIT_PAGE_LIMIT_MAX, Item, ReadsRefused
 from stockkeeper.faults.proxy import FaultProxy
 from stockkeeper.verify.history import AuditEntry, Op, Verdict, check
-from tests.cache.conftest import REDIS_URL, OpenServer, Server
+from tests.cache.conftest import NO_FEED, REDIS_URL, OpenServer, Server
 from tests.cache.naive import expect
 from tests.cache.test_read_source import proxied
 from tests.eventually import eventually
 from tests.holds import held
 
-NO_FEED = {"feed_poll_ms": 60_000.0}  # no tailer repairs what the forced scenario does
 FILL_DELAY_MS = 300.0
 """The delay of the late fill: long against what the other server does meanwhile (a few ms)."""
 PATIENCE_S = 5.0

@@ -9,6 +9,7 @@ it replaced (`stockkeeper.bench.baselines.ProcessLocalSource`), which must break
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -21,7 +22,7 @@ from stockkeeper.cache.read_mode import ReadModeOptions, Source
 from stockkeeper.cache.redis import RedisCache
 from stockkeeper.domain import ReadsRefused
 from stockkeeper.faults.proxy import FaultProxy
-from tests.cache.conftest import REDIS_URL, OpenServer, Server
+from tests.cache.conftest import NO_FEED, REDIS_URL, OpenServer, Server
 from tests.cache.naive import expect
 from tests.conftest import WITH_PGBOUNCER
 from tests.eventually import eventually
@@ -31,7 +32,7 @@ from tests.holds import held
 FAST_LEASE = {"lease_ms": 200.0, "poll_ms": 20.0, "margin_ms": 20.0}
 FAST = {
     "read_mode": ReadModeOptions(**FAST_LEASE),
-    "feed_poll_ms": 60_000.0,  # no tailer pushes the held write for its writer
+    **NO_FEED,  # no tailer pushes the held write for its writer
     "timeout_ms": 50,
     "recovery_probe_ms": 50.0,
     "read_wait_ms_max": 400.0,
@@ -150,6 +151,47 @@ async def test_g1_a_server_cut_off_from_postgresql_fences_itself_before_others_s
         assert history.refused > 0  # A, fenced, cannot read the database either
         assert took_s < 5 * 2 * 0.4 + 2, took_s  # no read waits much past read_wait_ms_max
     expect(kind, not history.went_back())
+
+
+@pytest.mark.parametrize("kind", ["coherent", "no-feed-check"])
+async def test_g2_a_server_cut_off_from_postgresql_serves_no_hit_a_write_it_cannot_see_made_stale(
+    open_server: OpenServer,
+    redis_proxy: tuple[FaultProxy, str],
+    database_url: str,
+    sku: str,
+    kind: str,
+) -> None:
+    """A reaches PostgreSQL but not Redis: its push fails and it acknowledges v2 (committed),
+    with Redis still at v1. B reaches Redis but not PostgreSQL, so no tailer can bring v2 to
+    Redis and B cannot see A's switch to database reads. From 100 ms after A's answer, B must
+    not serve v1: its last poll of the feed is too old, so it waits, then refuses. Checking
+    only its lease (renewed before the cut), B serves v1 for up to one lease more (found by
+    `python -m tests.stress --seed 20261203`, with PostgreSQL restarting)."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("a partition from the database needs a database over the network")
+    a_redis_proxy, a_redis_url = redis_proxy
+    options: dict[str, float] = {"timeout_ms": 50, "read_wait_ms_max": 400.0}
+    if kind == "no-feed-check":
+        options["feed_fresh_ms"] = math.inf
+    with proxied(database_url) as (pg_proxy, b_database_url):
+        a = await open_server(redis_url=a_redis_url, **options)
+        b = await open_server(database_url=b_database_url, **options)
+        await a.inventory.set_stock(sku, 5, user="t")
+        assert (await b.read(sku)).version == 1  # Redis holds v1
+        assert (await b.inventory.read(sku)).cache_hit
+        pg_proxy.hold()
+        a_redis_proxy.hold()
+        await a.inventory.decrement_stock(sku, 1, user="t")
+        acknowledged_s = time.monotonic()
+        await asyncio.sleep(0.1)
+        history = History()
+        while time.monotonic() < acknowledged_s + 0.6:
+            await history.read(b, sku)
+        a_redis_proxy.heal()
+        pg_proxy.heal()
+    stale = [read for read in history.reads if read[2] < 2]
+    assert history.reads or history.refused, "B answered nothing"
+    expect(kind, not stale)
 
 
 @pytest.mark.parametrize("kind", ["coherent", "no-catch-up"])

@@ -20,12 +20,10 @@ from stockkeeper.cache.redis import RedisCache
 from stockkeeper.cache.resp import CacheUnavailable, RespClient
 from stockkeeper.domain import Change, InvalidRequest, Item, Unavailable
 from stockkeeper.failpoints import FailpointError
-from tests.cache.conftest import OpenServer, Server
+from tests.cache.conftest import NO_FEED, OpenServer, Server
 from tests.cache.naive import expect
 from tests.eventually import eventually
 from tests.holds import held
-
-NO_FEED = {"feed_poll_ms": 60_000.0}  # the tailer stays out of the way of a scenario
 
 
 async def buy(server: Server, sku: str) -> Change:

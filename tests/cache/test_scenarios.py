@@ -18,10 +18,9 @@ import pytest
 from stockkeeper.cache.read_mode import ReadModeOptions
 from stockkeeper.cache.resp import CacheUnavailable, RespClient
 from stockkeeper.domain import Item, ReadsRefused, Receipt
-from tests.cache.conftest import REDIS_URL, OpenServer, Server
+from tests.cache.conftest import NO_FEED, REDIS_URL, OpenServer, Server
 from tests.cache.naive import expect
 from tests.cache.test_read_source import FAST, FAST_LEASE, History, proxied
-from tests.cache.test_redis_cache import NO_FEED
 from tests.eventually import eventually
 from tests.holds import held
 

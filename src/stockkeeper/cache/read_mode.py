@@ -32,7 +32,7 @@ from stockkeeper.domain import StockkeeperError
 from stockkeeper.outage_log import OutageLog
 from stockkeeper.store import Store
 from stockkeeper.store.protocol import ReadModeView
-from stockkeeper.tasks import cancel_and_wait
+from stockkeeper.tasks import Rounds, cancel_and_wait
 
 log = logging.getLogger("stockkeeper.cache")
 
@@ -116,7 +116,7 @@ class ReadModeLease:
         self._previous: _Epoch | None = None  # its lease still runs out after a switch
         self._voted_at_s = -math.inf
         self._poked = asyncio.Event()
-        self._changed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._polls = Rounds()
         self._task: asyncio.Task[None] | None = None
         self._outage = OutageLog("read mode lease", log)
         self.redis_from_s = math.inf
@@ -137,11 +137,7 @@ class ReadModeLease:
         return None
 
     async def changed(self, timeout_s: float) -> None:
-        # asyncio.timeout, not wait_for: Python 3.11's wait_for drops a cancellation that
-        # arrives as its awaitable completes, and the cancelled task then runs on.
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout_s):
-                await asyncio.shield(self._changed)
+        await self._polls.wait(timeout_s)
 
     def poke(self) -> None:
         self._poked.set()
@@ -202,7 +198,7 @@ class ReadModeLease:
         else:
             self._outage.recovered()
         finally:
-            self._notify()
+            self._polls.ended()
 
     async def _act(self, view: ReadModeView, current: _Epoch, now_s: float) -> None:
         reaches_redis = self._reaches_redis()
@@ -232,10 +228,6 @@ class ReadModeLease:
         if await self._store.switch_read_mode(epoch, mode.value):
             metrics.READ_MODE_SWITCHES.labels(mode=mode.value).inc()
             self._poked.set()  # see the new epoch at once
-
-    def _notify(self) -> None:
-        changed, self._changed = self._changed, asyncio.get_running_loop().create_future()
-        changed.set_result(None)
 
     async def _run(self) -> None:
         while True:

@@ -55,6 +55,9 @@ class RedisCacheOptions:
     load_attempts_max: int = 3
     timeout_ms: float = 100.0
     feed_poll_ms: float = 10.0
+    # A hit needs this process's last poll of the feed, pushed in full, to have begun less than
+    # this long ago: a change whose writer could not push it is then served within it (G2).
+    feed_fresh_ms: float = 80.0
     pending_skus_max: int = 100_000
     recovery_probe_ms: float = 200.0
     xfetch_beta: float = 1.0
@@ -64,6 +67,13 @@ class RedisCacheOptions:
     # How long a read may wait for a safe source (a switch of the cluster's read mode takes
     # one mode lease) before it is refused with 503.
     read_wait_ms_max: float = 1_000.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.feed_poll_ms < self.feed_fresh_ms:
+            raise ValueError(
+                f"the change feed's poll interval ({self.feed_poll_ms:g} ms) must be positive "
+                f"and below the age a hit allows its last poll ({self.feed_fresh_ms:g} ms)"
+            )
 
 
 @dataclass(slots=True)
@@ -115,6 +125,7 @@ class RedisCache:
         self.options = options or RedisCacheOptions()
         self._ttl_ms = int(self.options.ttl_s * 1000)
         self._read_args = (self.options.lease_ms, self.options.registration_ttl_ms)
+        self._mode_poll_s = self.options.read_mode.poll_ms / 1000
         self._loads: dict[str, _Load] = {}
         self._token_prefix = secrets.token_hex(8) + ":"
         self._token_counter = itertools.count()
@@ -131,6 +142,7 @@ class RedisCache:
             ttl_ms=self._ttl_ms,
             replay_s=self.options.ttl_s + 60,
             pending_skus_max=self.options.pending_skus_max,
+            fresh_ms=self.options.feed_fresh_ms,
             is_up=lambda: self._up,
             trip=self._trip,
         )
@@ -223,8 +235,9 @@ class RedisCache:
         """From the source the cluster's read mode allows now (docs/cache.md, One read source).
         A read counts as served from a source only if this worker still held its lease when
         the answer was decided, so the lease is checked again once the answer is in."""
-        mode = self._mode
-        if self._up and mode.redis_from_s <= time.monotonic() < mode.redis_until_s:
+        started_s = time.monotonic()
+        if self._hits_allowed(started_s):
+            mode = self._mode
             try:
                 read = await self._read_redis(sku, min_version)
             except CACHE_ERRORS as error:
@@ -232,11 +245,25 @@ class RedisCache:
             else:
                 if time.monotonic() < mode.redis_until_s:
                     return read
-        return await self._read_elsewhere(sku, min_version)
+        return await self._read_elsewhere(sku, min_version, started_s)
 
-    async def _read_elsewhere(self, sku: str, min_version: int | None) -> ItemRead | None:
-        """The slow path: a switch under way, a lease not renewed, Redis unreachable. Bounded
-        by `read_wait_ms_max` in all, database reads included."""
+    def _hits_allowed(self, now_s: float) -> bool:
+        """The hit path's test: Redis reachable, a live lease on a caught-up `redis` epoch, and
+        a poll of the feed pushed in full that began at most `feed_fresh_ms` before now."""
+        mode = self._mode
+        return (
+            self._up
+            and mode.redis_from_s <= now_s < mode.redis_until_s
+            and now_s < self._tailer.fresh_until_s
+        )
+
+    async def _read_elsewhere(
+        self, sku: str, min_version: int | None, started_s: float
+    ) -> ItemRead | None:
+        """The slow path: a switch under way, a lease not renewed, Redis unreachable, the feed
+        behind. Bounded by `read_wait_ms_max` in all, database reads included. A hit needs a
+        poll pushed that began at most `feed_fresh_ms` before the read did (`started_s`): one
+        that ends while the read waits will do, however long the loop takes to wake it."""
         wait_ms = self.options.read_wait_ms_max
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(wait_ms / 1000):
@@ -244,6 +271,12 @@ class RedisCache:
                     source = self._mode.source(time.monotonic())
                     try:
                         if source is Source.REDIS and self._up:
+                            if started_s >= self._tailer.fresh_until_s:
+                                # The feed is behind (its database slow or out of reach): a
+                                # hit now could miss a change whose writer did not push it.
+                                metrics.FEED_WAITS.inc()
+                                await self._tailer.pushed(self._mode_poll_s)
+                                continue
                             read = await self._read_redis(sku, min_version)
                         elif source is Source.DATABASE:
                             read = self._answer(await self._database_reads.read(sku), True)
@@ -280,8 +313,9 @@ class RedisCache:
 
     async def read_many(self, skus: Sequence[str]) -> list[ItemRead | None]:
         """One round trip for the whole batch when every SKU is cached (pipelined)."""
-        mode = self._mode
-        if self._up and mode.redis_from_s <= time.monotonic() < mode.redis_until_s:
+        started_s = time.monotonic()
+        if self._hits_allowed(started_s):
+            mode = self._mode
             try:
                 replies = await asyncio.gather(*(self._read_script(sku) for sku in skus))
                 reads = await asyncio.gather(
@@ -292,7 +326,8 @@ class RedisCache:
             else:
                 if time.monotonic() < mode.redis_until_s:
                     return list(reads)
-        return list(await asyncio.gather(*(self._read_elsewhere(sku, None) for sku in skus)))
+        elsewhere = (self._read_elsewhere(sku, None, started_s) for sku in skus)
+        return list(await asyncio.gather(*elsewhere))
 
     def _read_script(self, sku: str) -> Any:
         # A token names an incarnation or a lease holder: unique per process and per call.

@@ -5,6 +5,11 @@ Every server runs one. Pushes are fenced by version, so several tailers and the 
 pushes never undo each other. While this process cannot reach Redis, changes wait in a bounded
 pending set (the newest state per SKU); `catch_up()` drains it before the process may serve from
 Redis again (G5).
+
+It is also what makes a hit safe to serve (G2): a writer that cannot reach Redis acknowledges
+its committed change unpushed, so a hit may only be served while this process's last poll,
+pushed in full, began less than `fresh_ms` ago (`fresh_until_s`). Then every change committed
+before that poll began is in Redis, whoever wrote it and whatever became of them.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 from collections.abc import Callable, Iterable
 
 from stockkeeper import failpoints, metrics
@@ -22,6 +28,7 @@ from stockkeeper.cache.scripts import PushReply
 from stockkeeper.domain import FeedEntry
 from stockkeeper.outage_log import OutageLog
 from stockkeeper.store.protocol import ChangeFeed
+from stockkeeper.tasks import Rounds
 
 log = logging.getLogger("stockkeeper.cache")
 
@@ -38,6 +45,7 @@ class FeedTailer:
         ttl_ms: int,
         replay_s: float,
         pending_skus_max: int,
+        fresh_ms: float,
         is_up: Callable[[], bool],
         trip: Callable[[Exception], None],
     ) -> None:
@@ -47,6 +55,7 @@ class FeedTailer:
         self._ttl_ms = ttl_ms
         self._replay_s = replay_s
         self._pending_skus_max = pending_skus_max
+        self._fresh_s = fresh_ms / 1000
         self._is_up = is_up
         self._trip = trip
         self._pending: dict[str, FeedEntry] = {}
@@ -54,6 +63,9 @@ class FeedTailer:
         self._overflowed = False
         self._lock = asyncio.Lock()
         self.positioned = False
+        # Hits may be served until then: monotonic, from the start of the last poll pushed.
+        self.fresh_until_s = -math.inf
+        self._pushed = Rounds()
 
     def add(self, entries: Iterable[FeedEntry]) -> None:
         """Remember states to push (the newest per SKU)."""
@@ -82,10 +94,20 @@ class FeedTailer:
                 self._pending[entry.sku] = entry
             self.positioned = True
 
+    async def pushed(self, timeout_s: float) -> None:
+        """Return when the next poll is pushed in full, or after `timeout_s`."""
+        await self._pushed.wait(timeout_s)
+
+    def _fresh(self, polled_s: float) -> None:
+        """Redis holds every change committed before `polled_s`, when the poll was sent."""
+        self.fresh_until_s = max(self.fresh_until_s, polled_s + self._fresh_s)
+        self._pushed.ended()
+
     async def step(self) -> None:
         """One poll of the feed; push what it brought if Redis is reachable."""
         async with self._lock:
             await self._ensure_positioned()
+            polled_s = time.monotonic()
             self.add(await self._feed.poll())
             if not self._is_up():
                 return
@@ -96,6 +118,8 @@ class FeedTailer:
                 await self._flush()
             except (CacheUnavailable, CacheReplyError) as error:
                 self._trip(error)
+            else:
+                self._fresh(polled_s)
 
     async def catch_up(self) -> None:
         """Poll once (after Redis came back), then push everything pending; raises
@@ -103,6 +127,7 @@ class FeedTailer:
         poll is missing from Redis."""
         async with self._lock:
             await self._ensure_positioned()
+            polled_s = time.monotonic()
             self.add(await self._feed.poll())
             if self._overflowed:
                 # Keep what is committed from now on: a change this process makes while the
@@ -115,6 +140,7 @@ class FeedTailer:
                 if self._overflowed:
                     raise CacheUnavailable("the pending set overflowed again during the reset")
             await self._flush()
+            self._fresh(polled_s)
 
     async def _flush(self) -> None:
         # Loops until empty with no await between the last check and returning, so a writer

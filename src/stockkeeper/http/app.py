@@ -392,6 +392,7 @@ def settings_from_environment() -> Settings:
         redis_options=RedisCacheOptions(
             timeout_ms=float(os.environ.get("STOCKKEEPER_CACHE_TIMEOUT_MS", "100")),
             feed_poll_ms=float(os.environ.get("STOCKKEEPER_FEED_POLL_MS", "10")),
+            feed_fresh_ms=float(os.environ.get("STOCKKEEPER_FEED_FRESH_MS", "80")),
             read_mode=ReadModeOptions(
                 lease_ms=float(os.environ.get("STOCKKEEPER_READ_MODE_LEASE_MS", "500")),
                 poll_ms=float(os.environ.get("STOCKKEEPER_READ_MODE_POLL_MS", "100")),
