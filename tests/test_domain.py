@@ -299,16 +299,32 @@ def test_receipt_change_is_its_only_change() -> None:
 
 
 def test_change_and_item_json_round_trip() -> None:
-    change = Change("A-1", -1, 6, 13, 981)
+    change = Change("A-1", -1, 6, 13, 981, held_delta=0, held=2)
     assert change.to_json() == {
         "sku": "A-1",
         "delta": -1,
         "on_hand": 6,
         "version": 13,
         "audit_id": 981,
+        "held_delta": 0,
+        "held": 2,
+        "available": 4,
     }
     assert Change.from_json(change.to_json()) == change
-    assert Item("A-1", 7, 12).to_json() == {"sku": "A-1", "on_hand": 7, "version": 12}
+    assert change.item == Item("A-1", 6, 13, 2)
+    assert Item("A-1", 7, 12, 3).to_json() == {
+        "sku": "A-1",
+        "on_hand": 7,
+        "held": 3,
+        "available": 4,
+        "version": 12,
+    }
+
+
+def test_an_answer_kept_before_holds_reads_back_with_nothing_held() -> None:
+    """Idempotency keys keep the JSON answer; one saved by an older server has no held fields."""
+    kept = {"sku": "A-1", "delta": -1, "on_hand": 6, "version": 13, "audit_id": 981}
+    assert Change.from_json(kept) == Change("A-1", -1, 6, 13, 981, held_delta=0, held=0)
 
 
 @pytest.mark.parametrize(
@@ -354,6 +370,9 @@ def test_audit_entry_json_has_every_contract_field() -> None:
         "version": 4,
         "delta": 1,
         "on_hand": 4,
+        "held_delta": 0,
+        "held": 0,
+        "hold_id": None,
         "user": "clerk",
         "on_behalf_of": None,
         "reason": "restock",
@@ -386,4 +405,13 @@ def test_role_parse_rejects_unknown_names(name: str) -> None:
 
 
 def test_reasons_are_the_contract_strings() -> None:
-    assert [r.value for r in Reason] == ["purchase", "restock", "order", "set"]
+    assert [r.value for r in Reason] == [
+        "purchase",
+        "restock",
+        "order",
+        "set",
+        "hold",
+        "confirm",
+        "release",
+        "expire",
+    ]

@@ -42,6 +42,10 @@ class Reason(enum.StrEnum):
     RESTOCK = "restock"
     ORDER = "order"
     SET = "set"
+    HOLD = "hold"  # stock set aside: held rises, on_hand stays
+    CONFIRM = "confirm"  # a hold sold: on_hand falls by what was confirmed, held by what was held
+    RELEASE = "release"  # a hold given back: held falls
+    EXPIRE = "expire"  # a hold past its expires_at, given back
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,12 +67,26 @@ class TokenInfo:
 
 @dataclass(frozen=True, slots=True)
 class Item:
+    """A SKU's state at one version. `held` is stock set aside by active holds, never more than
+    `on_hand`; purchases, orders and new holds take from `available`."""
+
     sku: str
     on_hand: int
     version: int
+    held: int = 0
+
+    @property
+    def available(self) -> int:
+        return self.on_hand - self.held
 
     def to_json(self) -> dict[str, Any]:
-        return {"sku": self.sku, "on_hand": self.on_hand, "version": self.version}
+        return {
+            "sku": self.sku,
+            "on_hand": self.on_hand,
+            "held": self.held,
+            "available": self.on_hand - self.held,
+            "version": self.version,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +106,11 @@ class FeedEntry:
     version: int
     on_hand: int
     at_s: float
+    held: int = 0
+
+    @property
+    def item(self) -> Item:
+        return Item(self.sku, self.on_hand, self.version, self.held)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +122,12 @@ class Change:
     on_hand: int
     version: int
     audit_id: int
+    held_delta: int = 0
+    held: int = 0
+
+    @property
+    def item(self) -> Item:
+        return Item(self.sku, self.on_hand, self.version, self.held)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -107,11 +136,23 @@ class Change:
             "on_hand": self.on_hand,
             "version": self.version,
             "audit_id": self.audit_id,
+            "held_delta": self.held_delta,
+            "held": self.held,
+            "available": self.on_hand - self.held,
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Change:
-        return cls(data["sku"], data["delta"], data["on_hand"], data["version"], data["audit_id"])
+        # Answers kept for idempotency keys before holds existed carry no held fields.
+        return cls(
+            data["sku"],
+            data["delta"],
+            data["on_hand"],
+            data["version"],
+            data["audit_id"],
+            data.get("held_delta", 0),
+            data.get("held", 0),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +185,9 @@ class AuditEntry:
     reason: Reason
     idempotency_key: str | None
     at: datetime
+    held_delta: int = 0
+    held: int = 0
+    hold_id: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -152,6 +196,9 @@ class AuditEntry:
             "version": self.version,
             "delta": self.delta,
             "on_hand": self.on_hand,
+            "held_delta": self.held_delta,
+            "held": self.held,
+            "hold_id": self.hold_id,
             "user": self.user,
             "on_behalf_of": self.on_behalf_of,
             "reason": self.reason.value,

@@ -72,6 +72,12 @@ READS_REFUSED = Counter(
     "process cannot reach Redis and the cluster has not yet switched to database reads, or "
     "its lease could not be renewed).",
 )
+LEASELESS_READ_THROUGHS = Counter(
+    "stockkeeper_cache_leaseless_read_throughs_total",
+    "Reads served by a database read pushed to Redis before the answer because this process "
+    "held no live read-mode lease: a switch of the cluster's read mode under way, or a lease "
+    "that lapsed (its renewal late: the database slow, or this process's loop starved).",
+)
 FEED_WAITS = Counter(
     "stockkeeper_cache_feed_waits_total",
     "Reads that waited for this process's next poll of the change feed before a hit: its last "

@@ -21,6 +21,7 @@ from stockkeeper.service import Inventory
 from stockkeeper.store import Store, open_store
 from tests.cache.naive import expect
 from tests.holds import held
+from tests.store.test_held import hold_around_the_service
 
 
 class NaiveProcessCache:
@@ -109,6 +110,18 @@ async def test_hits_after_the_first_read_until_something_commits(workers: list[I
     await a.set_stock("M-4", 1, user="t")  # another SKU: M-3 stays cached, caught up
     again = await b.read("M-3")
     assert again.cache_hit and again.item == Item("M-3", 5, 1)
+
+
+@pytest.mark.parametrize("workers", ["coherent"], indirect=True)
+async def test_held_is_served_with_on_hand(workers: list[Inventory], sqlite_url: str) -> None:
+    """An entry is the item at one version, held included, from a fill or a catch-up."""
+    a, b = workers
+    await a.set_stock("M-5", 10, user="t")
+    held_at_2 = await hold_around_the_service(sqlite_url, Item("M-5", 10, 1), 4)
+    assert (await b.read("M-5")).item == held_at_2
+    await a.decrement_stock("M-5", 1, user="t")
+    caught_up = await b.read("M-5")
+    assert caught_up.cache_hit and caught_up.item == Item("M-5", 9, 3, 4)
 
 
 async def test_memory_cache_over_postgres_caches_nothing(postgres_url: str) -> None:

@@ -24,6 +24,7 @@ from tests.cache.conftest import NO_FEED, OpenServer, Server
 from tests.cache.naive import expect
 from tests.eventually import eventually
 from tests.holds import held
+from tests.store.test_held import hold_around_the_service
 
 
 async def buy(server: Server, sku: str) -> Change:
@@ -161,7 +162,7 @@ async def test_g1_a_reader_arriving_after_redis_answered_a_waiting_load_does_not
 
     assert await eventually(waiting, 2)  # A got WAIT and sleeps until its next poll
     replies = paused_replies(a)
-    await redis.evalsha(scripts.FILL, (a.key(sku),), (other, 1, 5, 60_000))
+    await redis.evalsha(scripts.FILL, (a.key(sku),), (other, 1, 5, 60_000, 0))
     calls = await evalsha_calls(redis)
 
     async def polled() -> bool:
@@ -507,3 +508,30 @@ async def test_read_many_answers_in_one_round_trip_when_every_sku_is_cached(
     assert [r.item.sku for r in found] == list(reversed(skus)) and unknown == []
     assert [r.cache_hit for r in found] == [False, False, True, True, True]
     assert len(a.db_reads) == reads_before + 2
+
+
+# --- held stock -----------------------------------------------------------------------------------
+
+
+async def test_held_travels_with_on_hand_through_fills_pushes_and_the_feed(
+    open_server: OpenServer, database_url: str, sku: str
+) -> None:
+    """The hash keeps `h` beside `q`, both written with `v`: a fill, a writer's push and a
+    tailer's push each carry the held count of their version."""
+    a = await open_server(**NO_FEED)
+    b = await open_server()  # its tailer brings what no writer pushed
+    await a.inventory.set_stock(sku, 10, user="t")
+    held_at_2 = await hold_around_the_service(database_url, Item(sku, 10, 1), 3)
+    assert not (await a.inventory.read(sku)).cache_hit  # filled from the database
+    hit = await a.inventory.read(sku)
+    assert hit.cache_hit and hit.item == held_at_2
+    await b.inventory.decrement_stock(sku, 2, user="t")  # B pushes v3
+    hit = await a.inventory.read(sku)
+    assert hit.cache_hit and hit.item == Item(sku, 8, 3, 3)
+    held_at_4 = await hold_around_the_service(database_url, hit.item, 1)  # nobody pushes it
+
+    async def tailed() -> bool:
+        read = await a.inventory.read(sku)
+        return read.cache_hit and read.item == held_at_4
+
+    assert await eventually(tailed, 5)

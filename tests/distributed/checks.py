@@ -8,6 +8,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from stockkeeper.domain import Item
 from tests.distributed.cluster import Cluster
 from tests.distributed.storm import OK, SHORT, Client, http_purchase, oversell_verdict, storm
 
@@ -50,7 +51,7 @@ async def assert_every_server_sees(
 ) -> None:
     for url in cluster.urls:
         answer = await client.call("GET", f"{url}/v1/items/{sku}", cluster.clerk_token)
-        assert answer.body == {"sku": sku, "on_hand": on_hand, "version": version}, url
+        assert answer.body == Item(sku, on_hand, version).to_json(), url
 
 
 async def sell_out(

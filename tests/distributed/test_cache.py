@@ -20,6 +20,7 @@ import asyncpg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from stockkeeper.domain import Item
 from stockkeeper.verify.history import Op, check
 from tests.distributed.checks import put_stock
 from tests.distributed.cluster import Cluster, fresh_schema, running_servers
@@ -46,6 +47,7 @@ async def counter(client: Client, url: str, name: str) -> float:
 
 DATABASE_READS = "stockkeeper_item_database_reads_total"
 TRIPS = "stockkeeper_cache_degraded_trips_total"
+LEASELESS = "stockkeeper_cache_leaseless_read_throughs_total"
 STAMPEDE_ATTEMPTS_MAX = 3
 RECOVER_S = 3.0
 
@@ -55,8 +57,9 @@ async def test_g4_a_cold_key_stampede_costs_one_database_read_per_key_per_server
 ) -> None:
     """20 cold keys x 400 concurrent reads over 4 servers (8,000 reads). A Redis reply later
     than the cache timeout (this 2-core machine, saturated by the stampede itself) trips a
-    server into database reads, which is another scenario: such an attempt is run again, on
-    new keys, at most STAMPEDE_ATTEMPTS_MAX times; one undisturbed attempt must hold."""
+    server into database reads, and a loop starved past its read-mode lease reads through
+    until the next renewal: both are other scenarios, so such an attempt is run again, on new
+    keys, at most STAMPEDE_ATTEMPTS_MAX times; one undisturbed attempt must hold."""
     async with Client(400) as client:
         for attempt in range(STAMPEDE_ATTEMPTS_MAX):
             if attempt:  # back on Redis: a trip's vote lives 2 s, then one lease
@@ -64,13 +67,13 @@ async def test_g4_a_cold_key_stampede_costs_one_database_read_per_key_per_server
             skus = [f"COLD-{attempt}-{n}" for n in range(KEYS)]
             for sku in skus:
                 await put_stock(client, cluster, sku, 7)
-            names = (DATABASE_READS, TRIPS)
+            names = (DATABASE_READS, TRIPS, LEASELESS)
             before = [[await counter(client, url, n) for n in names] for url in cluster.urls]
 
             async def read(n: int, skus: list[str] = skus) -> int:
                 sku, url = skus[n % KEYS], cluster.urls[n // KEYS % len(cluster.urls)]
                 answer = await client.call("GET", f"{url}/v1/items/{sku}", cluster.clerk_token)
-                assert answer.body == {"sku": sku, "on_hand": 7, "version": 1}, answer.body
+                assert answer.body == Item(sku, 7, 1).to_json(), answer.body
                 return answer.status
 
             statuses = await asyncio.gather(*(read(n) for n in range(KEYS * READS_PER_KEY)))
@@ -78,11 +81,12 @@ async def test_g4_a_cold_key_stampede_costs_one_database_read_per_key_per_server
             assert set(statuses) == {200}
             per_server = [a[0] - b[0] for a, b in zip(after, before, strict=True)]
             trips = sum(a[1] - b[1] for a, b in zip(after, before, strict=True))
+            leaseless = sum(a[2] - b[2] for a, b in zip(after, before, strict=True))
             print(f"\nstampede: {KEYS * READS_PER_KEY} reads, database reads per server "
-                  f"{per_server}, trips {trips:g}")  # fmt: skip
-            if not trips:
+                  f"{per_server}, trips {trips:g}, leaseless reads {leaseless:g}")  # fmt: skip
+            if not trips and not leaseless:
                 break
-        assert not trips, f"every attempt was disturbed by a trip: {STAMPEDE_ATTEMPTS_MAX}"
+        assert not trips and not leaseless, f"every attempt was disturbed: {STAMPEDE_ATTEMPTS_MAX}"
     assert all(reads <= KEYS for reads in per_server), per_server
 
 

@@ -25,11 +25,33 @@ from tests.conftest import Api
 
 ADMIN, CLERK, READER = Role.ADMIN, Role.CLERK, Role.READER
 AT = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
-CHANGE_FIELDS = {"sku", "delta", "on_hand", "version", "audit_id"}
+CHANGE_FIELDS = {
+    "sku",
+    "delta",
+    "on_hand",
+    "version",
+    "audit_id",
+    "held_delta",
+    "held",
+    "available",
+}
 AUDIT_FIELDS = {
-    *("id", "sku", "version", "delta", "on_hand", "user"),
+    *("id", "sku", "version", "delta", "on_hand", "held_delta", "held", "hold_id", "user"),
     *("on_behalf_of", "reason", "idempotency_key", "at"),
 }
+
+
+def item_json(sku: str, on_hand: int, version: int, held: int = 0) -> dict[str, object]:
+    """An item as the API answers it (held and available came with holds)."""
+    return {
+        "sku": sku,
+        "on_hand": on_hand,
+        "held": held,
+        "available": on_hand - held,
+        "version": version,
+    }
+
+
 BODY_BYTES_MAX = 64 * 1024
 LOCAL_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -228,7 +250,7 @@ async def test_get_item(api: Api, role: Role) -> None:
     await seed(api, {"A-1": 4})
     ok(await send(api, purchase("A-1", 1)))
     response = await send(api, get("/v1/items/A-1", role))
-    assert ok(response) == {"sku": "A-1", "on_hand": 3, "version": 2}
+    assert ok(response) == item_json("A-1", 3, 2)
     assert response.headers["etag"] == '"2"'
     assert response.headers["x-cache"] in ("hit", "miss")
 
@@ -240,7 +262,7 @@ async def test_get_item_min_version(api: Api, min_version: int) -> None:
     ok(await send(api, restock("A-1", 1)))
     response = await send(api, get(f"/v1/items/A-1?min_version={min_version}"))
     item = ok(response)
-    assert item == {"sku": "A-1", "on_hand": 6, "version": 3}
+    assert item == item_json("A-1", 6, 3)
     assert item["version"] >= min_version
     assert response.headers["etag"] == f'"{item["version"]}"'
 
@@ -251,9 +273,9 @@ async def test_get_items_in_the_requests_order_with_the_unknown(api: Api) -> Non
     response = await send(api, get("/v1/items?sku=C-3&sku=NOPE&sku=A-1&sku=B-2"))
     assert ok(response) == {
         "items": [
-            {"sku": "C-3", "on_hand": 7, "version": 1},
-            {"sku": "A-1", "on_hand": 3, "version": 2},
-            {"sku": "B-2", "on_hand": 0, "version": 1},
+            item_json("C-3", 7, 1),
+            item_json("A-1", 3, 2),
+            item_json("B-2", 0, 1),
         ],
         "unknown": ["NOPE"],
     }
@@ -307,17 +329,16 @@ async def test_single_sku_change(
         "on_hand": 5 + delta,
         "version": 2,
         "audit_id": change["audit_id"],
+        "held_delta": 0,
+        "held": 0,
+        "available": 5 + delta,
     }
     entry = (await entries(api, "A-1"))[-1]
     assert entry["id"] == change["audit_id"]
     assert (entry["version"], entry["delta"], entry["on_hand"]) == (2, delta, 5 + delta)
     assert (entry["reason"], entry["on_behalf_of"]) == (reason, on_behalf_of)
     assert isinstance(call.auth, Role) and entry["user"] == call.auth.name.lower()
-    assert ok(await send(api, get("/v1/items/A-1"))) == {
-        "sku": "A-1",
-        "on_hand": 5 + delta,
-        "version": 2,
-    }
+    assert ok(await send(api, get("/v1/items/A-1"))) == item_json("A-1", 5 + delta, 2)
 
 
 async def test_order_success_lines_in_request_order(api: Api) -> None:
@@ -370,6 +391,9 @@ async def test_audit_entry_has_every_field(api: Api) -> None:
         "version": 2,
         "delta": -2,
         "on_hand": 3,
+        "held_delta": 0,
+        "held": 0,
+        "hold_id": None,
         "user": "clerk",
         "on_behalf_of": "shopper-42",
         "reason": "purchase",
@@ -499,11 +523,7 @@ async def test_concurrent_writes_never_oversell(api: Api) -> None:
         if r.is_success and "orders" in call.path
     )
     for sku, on_hand, version in (("A-1", 0, 6), ("B-2", 50 - orders_won, 1 + orders_won)):
-        assert ok(await send(api, get(f"/v1/items/{sku}"))) == {
-            "sku": sku,
-            "on_hand": on_hand,
-            "version": version,
-        }
+        assert ok(await send(api, get(f"/v1/items/{sku}"))) == item_json(sku, on_hand, version)
         log = await entries(api, sku)
         assert [entry["version"] for entry in log] == list(range(1, version + 1))
         assert sum(entry["delta"] for entry in log) == on_hand

@@ -293,7 +293,7 @@ async def test_real_answers_match_the_spec(api: Api) -> None:
     await _call(api, "PUT", ITEM, 200, headers=admin, json={"on_hand": 12})
     await _call(api, "PUT", ITEM, 201, "B-2", headers=admin, json={"on_hand": 3})
     got = await _call(api, "GET", ITEM, 200, headers=reader, params={"min_version": 2})
-    assert got.json() == {"sku": "A-1", "on_hand": 12, "version": 2}
+    assert got.json() == {"sku": "A-1", "on_hand": 12, "held": 0, "available": 12, "version": 2}
 
     keyed = {**clerk, "Idempotency-Key": "k-1"}
     body = {"quantity": 2, "on_behalf_of": "shopper-7"}

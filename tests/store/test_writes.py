@@ -86,16 +86,20 @@ async def state(inventory: Inventory, skus: tuple[str, ...] = tuple(STOCK)) -> d
 
 
 async def assert_audit_replays(inventory: Inventory, sku: str) -> list[AuditEntry]:
-    """The audit log of `sku` is gap-free 1..n and its deltas reproduce on_hand at each version."""
+    """The audit log of `sku` is gap-free 1..n and its deltas reproduce on_hand and held at
+    each version."""
     entries = await audit_of(inventory, sku)
     assert [e.version for e in entries] == list(range(1, len(entries) + 1))
-    on_hand = 0
+    on_hand = held = 0
     for e in entries:
         on_hand += e.delta
+        held += e.held_delta
         assert e.sku == sku
-        assert e.on_hand == on_hand >= 0, f"replay diverges at version {e.version}"
+        assert e.on_hand == on_hand >= 0, f"on_hand's replay diverges at version {e.version}"
+        assert e.held == held, f"held's replay diverges at version {e.version}"
+        assert 0 <= held <= on_hand
         assert e.at.utcoffset() == timedelta(0)
-    assert await inventory.get_stock(sku) == Item(sku, on_hand, len(entries))
+    assert await inventory.get_stock(sku) == Item(sku, on_hand, len(entries), held)
     assert [e.id for e in entries] == sorted(e.id for e in entries)
     return entries
 
@@ -489,7 +493,8 @@ async def test_the_database_refuses_negative_stock(
     stocked: Inventory, database_url: str, sql: str
 ) -> None:
     before = await state(stocked)
-    with pytest.raises(RAW_ERRORS, match=r"on_hand_never_negative|CHECK"):
+    # Either CHECK refuses it: on_hand below 0 is also below held (0).
+    with pytest.raises(RAW_ERRORS, match=r"on_hand_never_negative|held_within_on_hand|CHECK"):
         await raw(database_url, sql)
     assert await state(stocked) == before
 

@@ -66,6 +66,7 @@ LAG = "stockkeeper_visibility_lag_seconds"
 DB_READS = "stockkeeper_item_database_reads_total"
 CACHE_REQUESTS = "stockkeeper_cache_requests_total"
 TRIPS = "stockkeeper_cache_degraded_trips_total"
+FEED_WAITS = "stockkeeper_cache_feed_waits_total"
 
 
 @dataclass(frozen=True)
@@ -255,6 +256,7 @@ class SystemRun:
             "visibility_probe": None if self.probe is None else _probe_json(self.probe),
             "server_metrics": server,
             "degraded_trips": total(self.metrics, TRIPS),
+            "feed_waits": total(self.metrics, FEED_WAITS),
             "history": {
                 "reads_checked": self.reads_checked,
                 "violations": self.violations,

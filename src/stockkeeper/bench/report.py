@@ -91,6 +91,7 @@ ROWS: list[tuple[str, str, str]] = [
     ("visibility lag max", "visibility_probe.lag_ms.max_ms", "ms"),
     ("servers' lag p99 (ms, est.)", "server_metrics.lag_p99_ms", "ms"),
     ("degraded-mode trips (/metrics)", "degraded_trips", "int"),
+    ("reads that waited for a feed poll (/metrics)", "feed_waits", "int"),
     ("reads judged against the audit", "history.reads_checked", "int"),
     ("  went back (older than a read before)", "history.violations.went_back", "int"),
     ("  stale > 100 ms after an acked write", "history.violations.stale", "int"),

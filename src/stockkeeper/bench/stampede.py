@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from stockkeeper.bench.oversell import REQUEST_TIMEOUT_S, Progress, call_json, outcome_key
 from stockkeeper.bench.scrape import scrape, total
+from stockkeeper.domain import Item
 
 if TYPE_CHECKING:
     import aiohttp
@@ -120,11 +121,7 @@ async def run_stampede(
                         session, "GET", f"{url}/v1/items/{sku}", reader_token
                     )
                     outcomes[outcome_key(status, body)] += 1
-                    wrong += status == 200 and body != {
-                        "sku": sku,
-                        "on_hand": ON_HAND,
-                        "version": 1,
-                    }
+                    wrong += status == 200 and body != Item(sku, ON_HAND, 1).to_json()
                 except (OSError, TimeoutError, aiohttp.ClientError) as error:
                     outcomes[f"transport {type(error).__name__}"] += 1
                 progress.done += 1

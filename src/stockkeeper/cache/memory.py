@@ -53,7 +53,7 @@ class ProvenMemoryCache:
             for audit_id, change in rows:
                 cached = self._entries.get(change.sku)
                 if cached is not None and cached.version < change.version:
-                    self._entries[change.sku] = Item(change.sku, change.on_hand, change.version)
+                    self._entries[change.sku] = change.item
                 self._last_id = audit_id
         self._data_version = data_version
         self._generation += 1

@@ -282,6 +282,7 @@ class RedisCache:
                             read = self._answer(await self._database_reads.read(sku), True)
                         elif self._up:
                             # Pushed before it is served: safe whatever the mode.
+                            metrics.LEASELESS_READ_THROUGHS.inc()
                             return self._answer(await self._read_throughs.read(sku), True)
                         else:
                             await self._mode.changed(wait_ms / 1000)
@@ -342,7 +343,7 @@ class RedisCache:
             if min_version is None or version >= min_version:
                 metrics.CACHE_HITS.inc()
                 self._maybe_refresh(sku, int(reply[3]), reply[4])
-                return ItemRead(Item(sku, int(reply[2]), version), cache_hit=True)
+                return ItemRead(_hit(sku, reply), cache_hit=True)
         if min_version is not None:
             # The cache is behind the caller, or empty: no lease or shared load could promise
             # min_version (another filler may bring an older value), the database can.
@@ -401,17 +402,17 @@ class RedisCache:
                     self._client.evalsha(
                         scripts.FILL,
                         (self.keys.item(sku),),
-                        (incarnation, item.version, item.on_hand, self._ttl_ms),
+                        (incarnation, item.version, item.on_hand, self._ttl_ms, item.held),
                     )
                 )
                 self._load_ms += ((time.perf_counter() - started) * 1000 - self._load_ms) / 8
                 if reply[0] == FillReply.FILLED:
                     return item, True
                 if reply[0] == FillReply.NEWER:
-                    return Item(sku, int(reply[2]), int(reply[1])), True
+                    return Item(sku, int(reply[2]), int(reply[1]), int(reply[3])), True
                 again = await load.deciding(self._read_script(sku))  # LOST or FLOOR: anew
                 if again[0] == ReadReply.HIT:
-                    return Item(sku, int(again[2]), int(again[1])), True
+                    return _hit(sku, again), True
                 incarnation = again[1]
             # Last attempt: the database read decides, so it must begin after every joiner.
             load.joinable = False
@@ -449,7 +450,7 @@ class RedisCache:
             await asyncio.sleep(self.options.wait_poll_ms / 1000)
             reply = await load.deciding(self._read_script(sku))
             if reply[0] == ReadReply.HIT:
-                return Item(sku, int(reply[2]), int(reply[1]))
+                return _hit(sku, reply)
             incarnation = reply[1]
             if reply[0] == ReadReply.LEASE:
                 break
@@ -482,7 +483,7 @@ class RedisCache:
             self._tailer.add(_entries(changes))
             return
         try:
-            await asyncio.gather(*(self._push(Item(c.sku, c.on_hand, c.version)) for c in changes))
+            await asyncio.gather(*(self._push(change.item) for change in changes))
         except Exception as error:
             # The change is committed whatever Redis says: the feed will push it, and until
             # then this process reads from the database.
@@ -493,11 +494,18 @@ class RedisCache:
 
     async def _push(self, item: Item) -> None:
         await self._client.evalsha(
-            scripts.PUSH, (self.keys.item(item.sku),), (item.version, item.on_hand, self._ttl_ms)
+            scripts.PUSH,
+            (self.keys.item(item.sku),),
+            (item.version, item.on_hand, self._ttl_ms, item.held),
         )
+
+
+def _hit(sku: str, reply: list[Any]) -> Item:
+    """The value of a READ that hit: v, q, pttl, i, h."""
+    return Item(sku, int(reply[2]), int(reply[1]), int(reply[5]))
 
 
 def _entries(changes: Sequence[Change]) -> list[FeedEntry]:
     # A receipt has no audit time: NaN, so no lag is observed from it (the feed's own entry
     # for the same version, which has one, replaces it in the pending set).
-    return [FeedEntry(c.sku, c.version, c.on_hand, math.nan) for c in changes]
+    return [FeedEntry(c.sku, c.version, c.on_hand, math.nan, c.held) for c in changes]

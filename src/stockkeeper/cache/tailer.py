@@ -15,6 +15,7 @@ before that poll began is in Redis, whoever wrote it and whatever became of them
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -66,6 +67,7 @@ class FeedTailer:
         # Hits may be served until then: monotonic, from the start of the last poll pushed.
         self.fresh_until_s = -math.inf
         self._pushed = Rounds()
+        self._wanted = asyncio.Event()  # a reader waits for a poll: skip the pause
 
     def add(self, entries: Iterable[FeedEntry]) -> None:
         """Remember states to push (the newest per SKU)."""
@@ -95,7 +97,9 @@ class FeedTailer:
             self.positioned = True
 
     async def pushed(self, timeout_s: float) -> None:
-        """Return when the next poll is pushed in full, or after `timeout_s`."""
+        """Return when the next poll is pushed in full, or after `timeout_s`. That poll
+        begins now, not at the end of the tailer's pause: a reader is waiting for it."""
+        self._wanted.set()
         await self._pushed.wait(timeout_s)
 
     def _fresh(self, polled_s: float) -> None:
@@ -152,7 +156,7 @@ class FeedTailer:
                     self._client.evalsha(
                         scripts.PUSH,
                         (self._keys.item(e.sku),),
-                        (e.version, e.on_hand, self._ttl_ms),
+                        (e.version, e.on_hand, self._ttl_ms, e.held),
                     )
                     for e in batch
                 )
@@ -174,7 +178,10 @@ class FeedTailer:
                 await asyncio.sleep(1)
             else:
                 outage.recovered()
-            await asyncio.sleep(poll_ms / 1000)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(poll_ms / 1000):
+                    await self._wanted.wait()
+            self._wanted.clear()
 
 
 def _observe_lag(entry: FeedEntry, reply: list[int | bytes]) -> None:

@@ -119,6 +119,11 @@ _QUANTITY = _schema("Quantity")
 _VERSION = _schema("Version")
 _TEXT = _schema("Text")
 _ON_HAND = _integer(0, description="Units on hand; never negative.")
+_HELD = _integer(0, description="Units set aside by active holds; never above on_hand.")
+_AVAILABLE = _integer(
+    0, description="on_hand - held: what purchases, orders and new holds may take."
+)
+_HELD_DELTA = {"type": "integer", "description": "held after minus before"}
 _STRING: Schema = {"type": "string"}
 
 SCHEMAS: dict[str, Schema] = {
@@ -134,7 +139,15 @@ SCHEMAS: dict[str, Schema] = {
         "pattern": TEXT_PATTERN,
         "description": f"1-{TEXT_CHARS_MAX} printable ASCII characters",
     },
-    "Item": _object({"sku": _SKU, "on_hand": _ON_HAND, "version": _VERSION}),
+    "Item": _object(
+        {
+            "sku": _SKU,
+            "on_hand": _ON_HAND,
+            "held": _HELD,
+            "available": _AVAILABLE,
+            "version": _VERSION,
+        }
+    ),
     "Change": _object(
         {
             "sku": _SKU,
@@ -142,6 +155,9 @@ SCHEMAS: dict[str, Schema] = {
             "on_hand": _ON_HAND,
             "version": _VERSION,
             "audit_id": _integer(1, description="id of the change's audit entry"),
+            "held_delta": _HELD_DELTA,
+            "held": _HELD,
+            "available": _AVAILABLE,
         }
     ),
     "Order": _object(
@@ -155,6 +171,9 @@ SCHEMAS: dict[str, Schema] = {
             "version": _VERSION,
             "delta": {"type": "integer"},
             "on_hand": _ON_HAND,
+            "held_delta": _HELD_DELTA,
+            "held": _HELD,
+            "hold_id": {**_nullable(_STRING), "description": "the hold this change is part of"},
             "user": _TEXT,
             "on_behalf_of": _nullable(_TEXT),
             "reason": {"enum": [reason.value for reason in Reason]},

@@ -70,8 +70,9 @@ T = TypeVar("T")
 # run with (they refuse a newer version).
 SCHEMA_VERSION = 1
 # Bumped with every change to _SCHEMA: a start finding its own revision runs no DDL. (2: the
-# audit xid, token ids and revocation and the read mode tables, added at version 1.)
-SCHEMA_REVISION = 2
+# audit xid, token ids and revocation and the read mode tables, added at version 1. 3: holds:
+# items.held, the audit's held columns and reasons, the holds and hold_lines tables.)
+SCHEMA_REVISION = 3
 _MIGRATION_LOCK_ID = 0x5_70C_4EE9  # pg_advisory_xact_lock key: one migrator at a time
 _PURGE_LOCK_ID = 0x5_70C_4EEA  # pg_try_advisory_xact_lock key: one idempotency key purger
 _STATEMENT_CACHE_SIZE = 100  # asyncpg's default, on a direct connection
@@ -94,7 +95,7 @@ CREATE TABLE IF NOT EXISTS audit (
     on_hand bigint NOT NULL CHECK (on_hand >= 0),
     user_name text NOT NULL,
     on_behalf_of text,
-    reason text NOT NULL CHECK (reason IN ('purchase', 'restock', 'order', 'set')),
+    reason text NOT NULL,
     idempotency_key text,
     at timestamptz NOT NULL,
     xid xid8 NOT NULL DEFAULT pg_current_xact_id(),
@@ -143,6 +144,41 @@ CREATE TABLE IF NOT EXISTS read_mode_votes (
     worker text PRIMARY KEY,
     until_ms bigint NOT NULL
 );
+-- Holds (revision 3). The DEFAULTs are constants: no table is rewritten. An old server's
+-- purchase of held stock fails this CHECK rather than oversell; the reasons' CHECK is added
+-- NOT VALID (rows before it were checked by the narrower one), so no scan runs under its lock.
+ALTER TABLE items ADD COLUMN IF NOT EXISTS held bigint NOT NULL DEFAULT 0;
+ALTER TABLE items DROP CONSTRAINT IF EXISTS held_within_on_hand;
+ALTER TABLE items ADD CONSTRAINT held_within_on_hand CHECK (held >= 0 AND held <= on_hand);
+ALTER TABLE audit ADD COLUMN IF NOT EXISTS held_delta bigint NOT NULL DEFAULT 0;
+ALTER TABLE audit ADD COLUMN IF NOT EXISTS held bigint NOT NULL DEFAULT 0;
+ALTER TABLE audit ADD COLUMN IF NOT EXISTS hold_id text;
+ALTER TABLE audit DROP CONSTRAINT IF EXISTS audit_reason_check;
+ALTER TABLE audit ADD CONSTRAINT audit_reason_check CHECK (reason IN (
+    'purchase', 'restock', 'order', 'set', 'hold', 'confirm', 'release', 'expire'
+)) NOT VALID;
+CREATE TABLE IF NOT EXISTS holds (
+    id text PRIMARY KEY,
+    user_name text NOT NULL,
+    on_behalf_of text,
+    state text NOT NULL CHECK (state IN ('active', 'confirmed', 'released', 'expired')),
+    created_at timestamptz NOT NULL,
+    expires_at timestamptz NOT NULL,
+    closed_at timestamptz,
+    CHECK ((state = 'active') = (closed_at IS NULL))
+);
+-- Overdue holds are few (the expirer keeps up), and every stock-taking request looks for them.
+CREATE INDEX IF NOT EXISTS holds_due ON holds (expires_at) WHERE state = 'active';
+CREATE TABLE IF NOT EXISTS hold_lines (
+    hold_id text NOT NULL REFERENCES holds (id),
+    line int NOT NULL,
+    sku text NOT NULL REFERENCES items (sku),
+    quantity bigint NOT NULL CHECK (quantity >= 1),
+    confirmed bigint CHECK (confirmed >= 0 AND confirmed <= quantity),
+    PRIMARY KEY (hold_id, line),
+    UNIQUE (hold_id, sku)
+);
+CREATE INDEX IF NOT EXISTS hold_lines_by_sku ON hold_lines (sku);
 """
 _NOW_MS = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
 _TOKEN_COLUMNS = "id, name, role, created_at, revoked_at"
@@ -244,6 +280,16 @@ class _ConnectionLost(Exception):
     run again (on another connection)."""
 
 
+def _refused_before_sending(error: BaseException) -> bool:
+    """asyncpg refused to begin the operation: the server ended the session (its FATAL came
+    while the connection sat idle in the pool) and the protocol is still consuming that error.
+    It checks its state before writing a byte, so nothing reached the server: safe to run
+    again, even a statement that commits by itself."""
+    return isinstance(
+        error, asyncpg.exceptions.InternalClientError
+    ) and "cannot switch to state" in str(error)
+
+
 def _transient(error: BaseException) -> str | None:
     if isinstance(error, _ConnectionLost):
         return "connection_lost"
@@ -271,25 +317,27 @@ class _PgTx(SqlTx):
     async def lock_items(self, skus: list[str]) -> dict[str, int]:
         # ORDER BY sits below the row-locking step, so rows are locked in this order.
         rows = await self.db.fetch(
-            "SELECT sku, on_hand FROM items WHERE sku = ANY($1::text[]) ORDER BY sku FOR UPDATE",
+            "SELECT sku, on_hand - held AS available FROM items WHERE sku = ANY($1::text[]) "
+            "ORDER BY sku FOR UPDATE",
             skus,
         )
-        return {row["sku"]: row["on_hand"] for row in rows}
+        return {row["sku"]: row["available"] for row in rows}
 
     async def insert_audit(self, write: Write, rows: list[tuple[Item, int]]) -> list[int]:
         # clock_timestamp(), not now(): now() is when the transaction began, which may be long
         # before it won the row lock; this is as close to the commit as SQL can see.
         records = await self.db.fetch(
-            "INSERT INTO audit (sku, version, delta, on_hand, user_name, on_behalf_of, reason, "
-            "idempotency_key, at) "
-            "SELECT sku, version, delta, on_hand, $5, $6, $7, $8, clock_timestamp() "
-            "FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[]) "
-            "WITH ORDINALITY AS line (sku, version, delta, on_hand, n) ORDER BY n "
+            "INSERT INTO audit (sku, version, delta, on_hand, held, user_name, on_behalf_of, "
+            "reason, idempotency_key, at) "
+            "SELECT sku, version, delta, on_hand, held, $6, $7, $8, $9, clock_timestamp() "
+            "FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[]) "
+            "WITH ORDINALITY AS line (sku, version, delta, on_hand, held, n) ORDER BY n "
             "RETURNING id, sku",
             [item.sku for item, _ in rows],
             [item.version for item, _ in rows],
             [delta for _, delta in rows],
             [item.on_hand for item, _ in rows],
+            [item.held for item, _ in rows],
             write.user,
             write.on_behalf_of,
             write.reason.value,
@@ -313,13 +361,13 @@ class _PgFeed:
     _POLL = """
         SELECT pg_snapshot_xmax(s.snap)::text AS xmax,
                ARRAY(SELECT x::text FROM pg_snapshot_xip(s.snap) AS x) AS xip,
-               a.sku, a.version, a.on_hand, extract(epoch FROM a.at)::float8 AS at_s
+               a.sku, a.version, a.on_hand, a.held, extract(epoch FROM a.at)::float8 AS at_s
         FROM (SELECT pg_current_snapshot() AS snap) AS s
         LEFT JOIN LATERAL (
-            SELECT id, sku, version, on_hand, at FROM audit
+            SELECT id, sku, version, on_hand, held, at FROM audit
             WHERE xid >= $1::text::xid8 AND xid < pg_snapshot_xmax(s.snap)
             UNION ALL
-            SELECT id, sku, version, on_hand, at FROM audit
+            SELECT id, sku, version, on_hand, held, at FROM audit
             WHERE xid = ANY($2::text[]::xid8[]) AND xid < $1::text::xid8
             ORDER BY id
         ) AS a ON true
@@ -342,19 +390,23 @@ class _PgFeed:
         self._xmax, self._xip = rows[0]["xmax"], list(rows[0]["xip"])
         if rows[0]["sku"] is None:
             return []
-        return [FeedEntry(r["sku"], r["version"], r["on_hand"], r["at_s"]) for r in rows]
+        return [_feed_entry(r) for r in rows]
 
     async def recent(self, seconds: float) -> list[FeedEntry]:
         rows = await self._store._run(
             lambda conn: conn.fetch(
-                "SELECT DISTINCT ON (sku) sku, version, on_hand, "
+                "SELECT DISTINCT ON (sku) sku, version, on_hand, held, "
                 "extract(epoch FROM at)::float8 AS at_s FROM audit "
                 "WHERE at > clock_timestamp() - make_interval(secs => $1) "
                 "ORDER BY sku, version DESC",
                 seconds,
             )
         )
-        return [FeedEntry(r["sku"], r["version"], r["on_hand"], r["at_s"]) for r in rows]
+        return [_feed_entry(r) for r in rows]
+
+
+def _feed_entry(row: asyncpg.Record) -> FeedEntry:
+    return FeedEntry(row["sku"], row["version"], row["on_hand"], row["at_s"], row["held"])
 
 
 # A purchase or restock without an idempotency key, in one statement and one round trip: the
@@ -364,18 +416,18 @@ class _PgFeed:
 _ADJUST = """
     WITH changed AS (
         UPDATE items SET on_hand = on_hand + $2, version = version + 1
-        WHERE sku = $1 AND on_hand + $2 >= 0 AND on_hand + $2 <= $3
+        WHERE sku = $1 AND on_hand - held + $2 >= 0 AND on_hand + $2 <= $3
         -- Local to the statement's own transaction, so they hold at its COMMIT, and evaluated
         -- before it can wait for the row lock (its table locks, taken earlier, wait for DDL).
         AND set_config('synchronous_commit', 'on', true) IS NOT NULL
         AND set_config('lock_timeout', $7, true) IS NOT NULL
-        RETURNING sku, on_hand, version
+        RETURNING sku, on_hand, version, held
     ), audited AS (
-        INSERT INTO audit (sku, version, delta, on_hand, user_name, on_behalf_of, reason, at)
-        SELECT sku, version, $2, on_hand, $4, $5, $6, clock_timestamp() FROM changed
+        INSERT INTO audit (sku, version, delta, on_hand, held, user_name, on_behalf_of, reason, at)
+        SELECT sku, version, $2, on_hand, held, $4, $5, $6, clock_timestamp() FROM changed
         RETURNING id
     )
-    SELECT c.on_hand, c.version, a.id AS audit_id, i.on_hand AS seen
+    SELECT c.on_hand, c.version, c.held, a.id AS audit_id, i.on_hand - i.held AS seen
     FROM (SELECT 1) AS one
     LEFT JOIN changed AS c ON true
     LEFT JOIN audited AS a ON true
@@ -398,14 +450,15 @@ async def _adjust_in_one_statement(
     )
     assert row is not None, "the statement returns exactly one row"
     if row["version"] is not None:
-        return Receipt(
-            (Change(line.sku, line.delta, row["on_hand"], row["version"], row["audit_id"]),)
+        change = Change(
+            line.sku, line.delta, row["on_hand"], row["version"], row["audit_id"], held=row["held"]
         )
+        return Receipt((change,))
     available = row["seen"]
     if available is not None and line.delta < 0 and available >= -line.delta:
         # Enough in our snapshot, yet refused: a concurrent change won the row first, and the
         # UPDATE re-checked its newer version. Say what is there now.
-        available = await conn.fetchval("SELECT on_hand FROM items WHERE sku = $1", line.sku)
+        available = await conn.fetchval("SELECT on_hand - held FROM items WHERE sku = $1", line.sku)
     refuse(line, available, is_order=False)
 
 
@@ -468,7 +521,7 @@ class PostgresStore:
             try:
                 return await op(conn)
             except _UNREACHABLE as error:
-                if commits:
+                if commits and not _refused_before_sending(error):
                     raise Unavailable(
                         f"connection lost during the write, outcome unknown: {error}"
                     ) from error
@@ -557,9 +610,11 @@ class PostgresStore:
 
     async def get_item(self, sku: str) -> Item | None:
         row = await self._run(
-            lambda conn: conn.fetchrow("SELECT on_hand, version FROM items WHERE sku = $1", sku)
+            lambda conn: conn.fetchrow(
+                "SELECT on_hand, version, held FROM items WHERE sku = $1", sku
+            )
         )
-        return None if row is None else Item(sku, row["on_hand"], row["version"])
+        return None if row is None else Item(sku, row["on_hand"], row["version"], row["held"])
 
     def change_feed(self) -> _PgFeed:
         return _PgFeed(self)

@@ -8,7 +8,8 @@ from stockkeeper.domain import AuditEntry, Reason
 from stockkeeper.store.sql_tx import Row
 
 AUDIT_COLUMNS = (
-    "id, sku, version, delta, on_hand, user_name, on_behalf_of, reason, idempotency_key, at"
+    "id, sku, version, delta, on_hand, held_delta, held, hold_id, user_name, on_behalf_of, "
+    "reason, idempotency_key, at"
 )
 
 
@@ -24,6 +25,9 @@ def audit_entry(row: Row, at: datetime) -> AuditEntry:
         reason=Reason(row["reason"]),
         idempotency_key=row["idempotency_key"],
         at=at,
+        held_delta=row["held_delta"],
+        held=row["held"],
+        hold_id=row["hold_id"],
     )
 
 

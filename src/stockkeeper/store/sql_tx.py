@@ -28,7 +28,7 @@ class Statements(Protocol):
 
 
 def _item(sku: str, row: Row | None) -> Item | None:
-    return None if row is None else Item(sku, row["on_hand"], row["version"])
+    return None if row is None else Item(sku, row["on_hand"], row["version"], row["held"])
 
 
 class SqlTx(ABC):
@@ -85,22 +85,23 @@ class SqlTx(ABC):
         )
         return created is not None
 
-    async def lock_item(self, sku: str) -> int:
-        """Lock an existing item for the rest of the transaction; returns its on_hand."""
+    async def lock_item(self, sku: str) -> Item:
+        """Lock an existing item for the rest of the transaction."""
         row = await self.db.first(
-            f"SELECT on_hand FROM items WHERE sku = $1{self.lock_clause}", sku
+            f"SELECT on_hand, version, held FROM items WHERE sku = $1{self.lock_clause}", sku
         )
-        assert row is not None, "items are never deleted"
-        return int(row["on_hand"])
+        item = _item(sku, row)
+        assert item is not None, "items are never deleted"
+        return item
 
     @abstractmethod
     async def lock_items(self, skus: list[str]) -> dict[str, int]:
-        """Lock the rows of `skus` in the given (canonical) order; on_hand of those found."""
+        """Lock the rows of `skus` in the given (canonical) order; `available` of those found."""
 
     async def set_on_hand(self, sku: str, on_hand: int) -> Item:
         row = await self.db.first(
             "UPDATE items SET on_hand = $2, version = version + 1 WHERE sku = $1 "
-            "RETURNING on_hand, version",
+            "RETURNING on_hand, version, held",
             sku,
             on_hand,
         )
@@ -109,10 +110,11 @@ class SqlTx(ABC):
         return item
 
     async def take(self, sku: str, quantity: int) -> Item | None:
-        """Decrement only if on_hand >= quantity, as one statement; None if it did not."""
+        """Decrement only if available (on_hand - held) >= quantity, as one statement; None if
+        it did not."""
         row = await self.db.first(
             "UPDATE items SET on_hand = on_hand - $2, version = version + 1 "
-            "WHERE sku = $1 AND on_hand >= $2 RETURNING on_hand, version",
+            "WHERE sku = $1 AND on_hand - held >= $2 RETURNING on_hand, version, held",
             sku,
             quantity,
         )
@@ -123,16 +125,18 @@ class SqlTx(ABC):
         row = await self.db.first(
             "UPDATE items SET on_hand = on_hand + $2, version = version + 1 "
             "WHERE sku = $1 AND on_hand <= CAST($3 AS bigint) - CAST($2 AS bigint) "
-            "RETURNING on_hand, version",
+            "RETURNING on_hand, version, held",
             sku,
             quantity,
             ceiling,
         )
         return _item(sku, row)
 
-    async def on_hand(self, sku: str) -> int | None:
-        row = await self.db.first("SELECT on_hand FROM items WHERE sku = $1", sku)
-        return None if row is None else int(row["on_hand"])
+    async def available(self, sku: str) -> int | None:
+        row = await self.db.first(
+            "SELECT on_hand - held AS available FROM items WHERE sku = $1", sku
+        )
+        return None if row is None else int(row["available"])
 
     @abstractmethod
     async def insert_audit(self, write: Write, rows: list[tuple[Item, int]]) -> list[int]:

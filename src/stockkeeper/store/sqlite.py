@@ -57,26 +57,44 @@ SCHEMA_VERSION = 1
 _DOLLAR_PARAM = re.compile(r"\$(\d+)")
 _NOW_MS = "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)"
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS stockkeeper_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS items (
-    sku TEXT PRIMARY KEY,
-    on_hand INTEGER NOT NULL CONSTRAINT on_hand_never_negative CHECK (on_hand >= 0),
-    version INTEGER NOT NULL CHECK (version >= 1)
-);
-CREATE TABLE IF NOT EXISTS audit (
+# One definition for a new database and for the rebuild that upgrades an old one: SQLite cannot
+# alter a CHECK, and holds added reasons to the audit's.
+_AUDIT_TABLE = """
+CREATE TABLE IF NOT EXISTS {name} (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     sku TEXT NOT NULL REFERENCES items (sku),
     version INTEGER NOT NULL,
     delta INTEGER NOT NULL,
     on_hand INTEGER NOT NULL CHECK (on_hand >= 0),
+    held_delta INTEGER NOT NULL DEFAULT 0,
+    held INTEGER NOT NULL DEFAULT 0,
+    hold_id TEXT,
     user_name TEXT NOT NULL,
     on_behalf_of TEXT,
-    reason TEXT NOT NULL CHECK (reason IN ('purchase', 'restock', 'order', 'set')),
+    reason TEXT NOT NULL CHECK (reason IN (
+        'purchase', 'restock', 'order', 'set', 'hold', 'confirm', 'release', 'expire'
+    )),
     idempotency_key TEXT,
     at TEXT NOT NULL,
     UNIQUE (sku, version)
+);"""
+_AUDIT_BEFORE_HOLDS = (
+    "id, sku, version, delta, on_hand, user_name, on_behalf_of, reason, idempotency_key, at"
+)
+
+_SCHEMA = (
+    """
+CREATE TABLE IF NOT EXISTS stockkeeper_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS items (
+    sku TEXT PRIMARY KEY,
+    on_hand INTEGER NOT NULL CONSTRAINT on_hand_never_negative CHECK (on_hand >= 0),
+    version INTEGER NOT NULL CHECK (version >= 1),
+    held INTEGER NOT NULL DEFAULT 0 CONSTRAINT held_within_on_hand
+        CHECK (held >= 0 AND held <= on_hand)
 );
+"""
+    + _AUDIT_TABLE.format(name="audit")
+    + """
 CREATE INDEX IF NOT EXISTS audit_by_at ON audit (at);
 CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
     BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: UPDATE rejected'); END;
@@ -110,7 +128,29 @@ CREATE TABLE IF NOT EXISTS read_mode (
     active INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS read_mode_votes (worker TEXT PRIMARY KEY, until_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS holds (
+    id TEXT PRIMARY KEY,
+    user_name TEXT NOT NULL,
+    on_behalf_of TEXT,
+    state TEXT NOT NULL CHECK (state IN ('active', 'confirmed', 'released', 'expired')),
+    created_at TEXT NOT NULL,
+    expires_at TEXT NOT NULL,
+    closed_at TEXT,
+    CHECK ((state = 'active') = (closed_at IS NULL))
+);
+CREATE INDEX IF NOT EXISTS holds_due ON holds (expires_at) WHERE state = 'active';
+CREATE TABLE IF NOT EXISTS hold_lines (
+    hold_id TEXT NOT NULL REFERENCES holds (id),
+    line INTEGER NOT NULL,
+    sku TEXT NOT NULL REFERENCES items (sku),
+    quantity INTEGER NOT NULL CHECK (quantity >= 1),
+    confirmed INTEGER CHECK (confirmed >= 0 AND confirmed <= quantity),
+    PRIMARY KEY (hold_id, line),
+    UNIQUE (hold_id, sku)
+);
+CREATE INDEX IF NOT EXISTS hold_lines_by_sku ON hold_lines (sku);
 """
+)
 # Tokens are never deleted, so their rowids (the ids `token list` shows) never change, even
 # under VACUUM.
 _TOKEN_COLUMNS = "rowid AS id, name, role, created_at, revoked_at"
@@ -206,21 +246,25 @@ class _SqliteTx(SqlTx):
     async def lock_items(self, skus: list[str]) -> dict[str, int]:
         marks = ", ".join("?" * len(skus))
         rows = await self.db.fetch(
-            f"SELECT sku, on_hand FROM items WHERE sku IN ({marks}) ORDER BY sku", *skus
+            f"SELECT sku, on_hand - held AS available FROM items WHERE sku IN ({marks}) "
+            "ORDER BY sku",
+            *skus,
         )
-        return {row["sku"]: row["on_hand"] for row in rows}
+        return {row["sku"]: row["available"] for row in rows}
 
     async def insert_audit(self, write: Write, rows: list[tuple[Item, int]]) -> list[int]:
         at = datetime.now(UTC).isoformat()
         ids = []
         for item, delta in rows:
             row = await self.db.first(
-                "INSERT INTO audit (sku, version, delta, on_hand, user_name, on_behalf_of, reason, "
-                "idempotency_key, at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
+                "INSERT INTO audit (sku, version, delta, on_hand, held, user_name, on_behalf_of, "
+                "reason, idempotency_key, at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) "
+                "RETURNING id",
                 item.sku,
                 item.version,
                 delta,
                 item.on_hand,
+                item.held,
                 write.user,
                 write.on_behalf_of,
                 write.reason.value,
@@ -232,13 +276,13 @@ class _SqliteTx(SqlTx):
         return ids
 
 
-_FEED_COLUMNS = "id, sku, version, on_hand, at"
+_FEED_COLUMNS = "id, sku, version, on_hand, held, at"
 _FEED_BATCH_MAX = 10_000
 
 
 def _feed_entry(row: sqlite3.Row) -> FeedEntry:
     at_s = datetime.fromisoformat(row["at"]).timestamp()
-    return FeedEntry(row["sku"], row["version"], row["on_hand"], at_s)
+    return FeedEntry(row["sku"], row["version"], row["on_hand"], at_s, row["held"])
 
 
 class _SqliteFeed:
@@ -296,9 +340,11 @@ class _SqliteLocalView:
         return [(int(row["id"]), _feed_entry(row)) for row in rows]
 
     def get_item(self, sku: str) -> Item | None:
-        row = self._conn.execute("SELECT on_hand, version FROM items WHERE sku = ?", (sku,))
+        row = self._conn.execute("SELECT on_hand, version, held FROM items WHERE sku = ?", (sku,))
         found = row.fetchone()
-        return None if found is None else Item(sku, found["on_hand"], found["version"])
+        if found is None:
+            return None
+        return Item(sku, found["on_hand"], found["version"], found["held"])
 
     def close(self) -> None:
         self._conn.close()
@@ -363,6 +409,7 @@ class SqliteStore:
 
     async def migrate(self) -> None:
         async def run() -> None:
+            await self._upgrade_to_holds()
             await self._writer.run(lambda: _run_script(self._writer, _SCHEMA))
             await self._writer.execute(
                 "INSERT INTO stockkeeper_meta (key, value) VALUES "
@@ -378,9 +425,31 @@ class SqliteStore:
 
         await self._in_tx(run)
 
+    async def _upgrade_to_holds(self) -> None:
+        """A database from before holds: `items` gains `held`, and `audit` is rebuilt with the
+        held columns and the new reasons (its triggers go with the old table, and _SCHEMA
+        makes them again). Inside migrate's transaction: all of it, or none."""
+        columns = await self._writer.execute("PRAGMA table_info(audit)")
+        names = {column["name"] for column in columns}
+        if not names or "held" in names:
+            return  # a new database, or one upgraded already
+        await self._writer.execute(
+            "ALTER TABLE items ADD COLUMN held INTEGER NOT NULL DEFAULT 0 "
+            "CONSTRAINT held_within_on_hand CHECK (held >= 0 AND held <= on_hand)"
+        )
+        await self._writer.execute(_AUDIT_TABLE.format(name="audit_with_holds"))
+        await self._writer.execute(
+            f"INSERT INTO audit_with_holds ({_AUDIT_BEFORE_HOLDS}) "
+            f"SELECT {_AUDIT_BEFORE_HOLDS} FROM audit ORDER BY id"
+        )
+        await self._writer.execute("DROP TABLE audit")
+        await self._writer.execute("ALTER TABLE audit_with_holds RENAME TO audit")
+
     async def get_item(self, sku: str) -> Item | None:
-        row = await self._reader.first("SELECT on_hand, version FROM items WHERE sku = ?", sku)
-        return None if row is None else Item(sku, row["on_hand"], row["version"])
+        row = await self._reader.first(
+            "SELECT on_hand, version, held FROM items WHERE sku = ?", sku
+        )
+        return None if row is None else Item(sku, row["on_hand"], row["version"], row["held"])
 
     def change_feed(self) -> _SqliteFeed:
         return _SqliteFeed(self._reader)

@@ -50,7 +50,7 @@ async def apply_write(tx: SqlTx, write: Write) -> Receipt:
     audit_ids = await tx.insert_audit(write, rows)
     assert len(audit_ids) == len(rows) == len(write.lines), "one audit entry per changed line"
     changes = tuple(
-        Change(item.sku, delta, item.on_hand, item.version, audit_id)
+        Change(item.sku, delta, item.on_hand, item.version, audit_id, held=item.held)
         for (item, delta), audit_id in zip(rows, audit_ids, strict=True)
     )
     if key is not None:
@@ -60,7 +60,8 @@ async def apply_write(tx: SqlTx, write: Write) -> Receipt:
 
 
 def refuse(line: LineChange, available: int | None, *, is_order: bool) -> NoReturn:
-    """Why a one-line change that did not apply was refused, given on_hand (None: no item)."""
+    """Why a one-line change that did not apply was refused, given what was available (None:
+    no item)."""
     if available is None:
         raise UnknownSku(line.sku)
     if line.delta > 0:
@@ -76,7 +77,12 @@ async def _change_stock(tx: SqlTx, write: Write) -> list[tuple[Item, int]]:
         if await tx.create_item(line.sku, line.set_to):
             return [(Item(line.sku, line.set_to, 1), line.set_to)]
         old = await tx.lock_item(line.sku)
-        return [(await tx.set_on_hand(line.sku, line.set_to), line.set_to - old)]
+        if line.set_to < old.held:
+            # Held stock is promised to a checkout: on_hand may not fall below it. Said as a
+            # take: the set removes on_hand - set_to, of which only `available` may go.
+            taken = old.on_hand - line.set_to
+            raise InsufficientStock([Shortage(line.sku, taken, old.available)], is_order=False)
+        return [(await tx.set_on_hand(line.sku, line.set_to), line.set_to - old.on_hand)]
 
     is_order = write.reason is Reason.ORDER
     if len(write.lines) == 1:
@@ -86,18 +92,18 @@ async def _change_stock(tx: SqlTx, write: Write) -> list[tuple[Item, int]]:
         else:
             item = await tx.take(line.sku, -line.delta)
         if item is None:
-            refuse(line, await tx.on_hand(line.sku), is_order=is_order)
+            refuse(line, await tx.available(line.sku), is_order=is_order)
         return [(item, line.delta)]
 
     assert all(line.delta < 0 for line in write.lines), "multi-line writes are orders"
-    on_hand = await tx.lock_items(sorted(line.sku for line in write.lines))
+    available = await tx.lock_items(sorted(line.sku for line in write.lines))
     for line in write.lines:
-        if line.sku not in on_hand:
+        if line.sku not in available:
             raise UnknownSku(line.sku)
     shortages = [
-        Shortage(line.sku, -line.delta, on_hand[line.sku])
+        Shortage(line.sku, -line.delta, available[line.sku])
         for line in write.lines
-        if on_hand[line.sku] < -line.delta
+        if available[line.sku] < -line.delta
     ]
     if shortages:
         raise InsufficientStock(shortages, is_order=True)
