@@ -1,9 +1,11 @@
-"""Background tasks: waiting for their next round, and stopping them at shutdown."""
+"""Background tasks: their pauses, waiting for their next round, and stopping them at
+shutdown."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable
 from typing import Any
 
 
@@ -36,8 +38,19 @@ class Rounds:
 
     async def wait(self, timeout_s: float) -> None:
         """Return when the next round ends, or after `timeout_s`."""
-        # asyncio.timeout, not wait_for: Python 3.11's wait_for drops a cancellation that
-        # arrives as its awaitable completes, and the cancelled task then runs on.
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout_s):
-                await asyncio.shield(self._next)
+        await _at_most(timeout_s, asyncio.shield(self._next))
+
+
+async def pause(timeout_s: float, poked: asyncio.Event) -> None:
+    """A background loop's pause between rounds: `timeout_s`, or less if `poked` is set
+    (someone wants the next round now); it is cleared for the next pause."""
+    await _at_most(timeout_s, poked.wait())
+    poked.clear()
+
+
+async def _at_most(timeout_s: float, awaitable: Awaitable[Any]) -> None:
+    # asyncio.timeout, not wait_for: Python 3.11's wait_for drops a cancellation that
+    # arrives as its awaitable completes, and the cancelled task then runs on.
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout_s):
+            await awaitable

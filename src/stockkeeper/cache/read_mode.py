@@ -17,7 +17,6 @@ nor Redis waits, then refuses.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import logging
 import math
@@ -32,7 +31,7 @@ from stockkeeper.domain import StockkeeperError
 from stockkeeper.outage_log import OutageLog
 from stockkeeper.store import Store
 from stockkeeper.store.protocol import ReadModeView
-from stockkeeper.tasks import Rounds, cancel_and_wait
+from stockkeeper.tasks import Rounds, cancel_and_wait, pause
 
 log = logging.getLogger("stockkeeper.cache")
 
@@ -231,10 +230,7 @@ class ReadModeLease:
 
     async def _run(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._options.poll_ms / 1000):
-                    await self._poked.wait()
-            self._poked.clear()
+            await pause(self._options.poll_ms / 1000, self._poked)
             try:
                 await self.step()
             except Exception as error:

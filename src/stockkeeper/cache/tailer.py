@@ -15,7 +15,6 @@ before that poll began is in Redis, whoever wrote it and whatever became of them
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
@@ -29,7 +28,7 @@ from stockkeeper.cache.scripts import PushReply
 from stockkeeper.domain import FeedEntry
 from stockkeeper.outage_log import OutageLog
 from stockkeeper.store.protocol import ChangeFeed
-from stockkeeper.tasks import Rounds
+from stockkeeper.tasks import Rounds, pause
 
 log = logging.getLogger("stockkeeper.cache")
 
@@ -178,10 +177,7 @@ class FeedTailer:
                 await asyncio.sleep(1)
             else:
                 outage.recovered()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(poll_ms / 1000):
-                    await self._wanted.wait()
-            self._wanted.clear()
+            await pause(poll_ms / 1000, self._wanted)
 
 
 def _observe_lag(entry: FeedEntry, reply: list[int | bytes]) -> None:
