@@ -13,7 +13,7 @@ import pytest
 from stockkeeper import failpoints, metrics
 from stockkeeper.domain import Item, Unavailable
 from stockkeeper.service import Inventory
-from stockkeeper.store import StoreOptions
+from stockkeeper.store import StoreOptions, open_store
 from tests.conftest import POSTGRES_URL
 from tests.holds import held
 
@@ -156,3 +156,35 @@ async def wait_for_lock_wait(application_name: str) -> None:
         pytest.fail("the purchase never waited for the row lock")
     finally:
         await conn.close()
+
+
+async def test_a_statement_asyncpg_refused_to_begin_is_run_again_even_if_it_commits(
+    postgres_url: str,
+) -> None:
+    """A session the server ended while it sat idle in the pool: asyncpg refuses the next
+    operation ("cannot switch to state") before it sends a byte, so even a statement that
+    commits by itself is safe to run again. Any other fault of a committing statement leaves
+    its outcome unknown."""
+    store = await open_store(postgres_url)
+    try:
+        attempts = 0
+
+        async def refused_once(conn: asyncpg.Connection) -> int:
+            nonlocal attempts
+            attempts += 1
+            if attempts == 1:
+                raise asyncpg.exceptions.InternalClientError(
+                    "cannot switch to state 11; another operation (2) is in progress"
+                )
+            return int(await conn.fetchval("SELECT 1"))
+
+        assert await store._run(refused_once, commits=True) == 1  # type: ignore[attr-defined]
+        assert attempts == 2
+
+        async def lost_midway(conn: asyncpg.Connection) -> int:
+            raise asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed")
+
+        with pytest.raises(Unavailable, match="outcome unknown"):
+            await store._run(lost_midway, commits=True)  # type: ignore[attr-defined]
+    finally:
+        await store.close()
