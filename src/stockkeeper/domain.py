@@ -84,7 +84,7 @@ class Item:
             "sku": self.sku,
             "on_hand": self.on_hand,
             "held": self.held,
-            "available": self.on_hand - self.held,
+            "available": self.available,
             "version": self.version,
         }
 
