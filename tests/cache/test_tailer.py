@@ -8,6 +8,9 @@ import asyncio
 import math
 import time
 
+import pytest
+
+from stockkeeper.cache.redis import RedisCacheOptions
 from stockkeeper.cache.resp import RespClient
 from stockkeeper.cache.scripts import Keys
 from stockkeeper.cache.tailer import FeedTailer
@@ -71,3 +74,12 @@ async def test_a_waiting_reader_gets_a_poll_begun_after_it_at_once() -> None:
     finally:
         await cancel_and_wait(running)
         await client.close()
+
+
+@pytest.mark.parametrize(("poll_ms", "fresh_ms"), [(80.0, 80.0), (100.0, 80.0), (0.0, 80.0)])
+def test_a_poll_interval_that_leaves_no_fresh_window_is_refused(
+    poll_ms: float, fresh_ms: float
+) -> None:
+    """A tailer that polls as seldom as the window allows would let no hit through."""
+    with pytest.raises(ValueError, match="poll interval"):
+        RedisCacheOptions(feed_poll_ms=poll_ms, feed_fresh_ms=fresh_ms)
