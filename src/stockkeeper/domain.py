@@ -156,11 +156,23 @@ class Change:
 
 
 @dataclass(frozen=True, slots=True)
+class Expiry:
+    """One overdue hold given back, as the expirer or a request recorded it."""
+
+    hold_id: str
+    changes: tuple[Change, ...]
+    lag_s: float  # from its expires_at to the moment recorded, by the database's clock
+
+
+@dataclass(frozen=True, slots=True)
 class Receipt:
-    """What a write returns: its changes in request order, and whether it was a replay."""
+    """What a write returns: its changes in request order, and whether it was a replay.
+    `expired` are the overdue holds it expired first (their changes are pushed to the caches
+    with its own, not part of its answer)."""
 
     changes: tuple[Change, ...]
     replayed: bool = False
+    expired: tuple[Expiry, ...] = ()
 
     @property
     def change(self) -> Change:

@@ -9,6 +9,7 @@ applies these decisions inside the transaction that reads the hold, at the datab
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -17,6 +18,7 @@ from stockkeeper.domain import (
     MISSING,
     Change,
     Checks,
+    Expiry,
     OrderLine,
     StockkeeperError,
     check_order_lines,
@@ -25,6 +27,8 @@ from stockkeeper.domain import (
 
 TTL_S_DEFAULT = 600
 TTL_S_MAX = 3600
+HOLD_ID_PATTERN = "^[A-Za-z0-9_-]{1,64}$"
+_HOLD_ID = re.compile(HOLD_ID_PATTERN)
 
 
 class HoldState(enum.StrEnum):
@@ -35,6 +39,7 @@ class HoldState(enum.StrEnum):
 
 
 class HoldAction(enum.StrEnum):
+    CREATE = "create"
     CONFIRM = "confirm"
     EXTEND = "extend"
     RELEASE = "release"
@@ -70,6 +75,50 @@ class Hold:
             "changes": [change.to_json() for change in self.changes],
         }
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Hold:
+        """An answer kept for an idempotency key, read back for its replay."""
+        return cls(
+            data["id"],
+            HoldState(data["state"]),
+            datetime.fromisoformat(data["expires_at"]),
+            tuple(HoldLine(ln["sku"], ln["quantity"], ln.get("confirmed")) for ln in data["lines"]),
+            tuple(Change.from_json(change) for change in data["changes"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class HoldWrite:
+    """A validated request on a hold, ready for a store: every item change it makes commits
+    with its audit entry, in one transaction, or none does. `lines` are the new hold's (create)
+    or what to confirm (None: every line whole); `ttl_s` is create's and extend's."""
+
+    action: HoldAction
+    hold_id: str
+    user: str
+    on_behalf_of: str | None = None
+    idempotency_key: str | None = None
+    request_hash: bytes = b""
+    lines: tuple[OrderLine, ...] | None = None
+    ttl_s: int = TTL_S_DEFAULT
+
+
+@dataclass(frozen=True, slots=True)
+class HoldReceipt:
+    """What a hold request returns; `expired` are the overdue holds it expired first (their
+    changes are pushed to the caches with its own, not part of its answer)."""
+
+    hold: Hold
+    replayed: bool = False
+    expired: tuple[Expiry, ...] = ()
+
+
+def check_hold_id(hold_id: object) -> str:
+    """A hold id from a path: anything else names no hold."""
+    if not isinstance(hold_id, str) or not _HOLD_ID.fullmatch(hold_id):
+        raise UnknownHold(str(hold_id)[:64])
+    return hold_id
+
 
 def state_at(recorded: HoldState, expires_at: datetime, now: datetime) -> HoldState:
     """From `expires_at` on an active hold is expired for every request, whether or not an
@@ -98,15 +147,21 @@ class HoldRequest:
 
 
 def check_hold_request(
-    lines: object, ttl_s: object = MISSING, on_behalf_of: object = None
+    lines: object,
+    ttl_s: object = MISSING,
+    on_behalf_of: object = None,
+    *,
+    checks: Checks | None = None,
 ) -> HoldRequest:
     """Validate `POST /v1/holds`: an order's lines (1-100, each SKU once) and a TTL of
-    1-3600 s (default 600). Raises InvalidRequest naming every bad field."""
-    checks = Checks()
-    parsed = check_order_lines(checks, lines)
-    ttl = check_ttl(checks, ttl_s, default=TTL_S_DEFAULT)
-    acting_for = checks.optional_text("on_behalf_of", on_behalf_of)
-    checks.raise_if_any()
+    1-3600 s (default 600). Raises InvalidRequest naming every bad field, unless given the
+    caller's `checks` to add them to."""
+    found = checks if checks is not None else Checks()
+    parsed = check_order_lines(found, lines)
+    ttl = check_ttl(found, ttl_s, default=TTL_S_DEFAULT)
+    acting_for = found.optional_text("on_behalf_of", on_behalf_of)
+    if checks is None:
+        found.raise_if_any()
     return HoldRequest(tuple(parsed), ttl, acting_for)
 
 

@@ -112,6 +112,20 @@ IDEMPOTENCY_KEY_PURGES = Counter(
     ["result"],
 )
 
+HOLDS = Counter(
+    "stockkeeper_holds_total",
+    "Holds by what happened to them: created, extended, confirmed, released, or expired "
+    "(recorded by the expirer, or by a request that needed the stock).",
+    ["event"],
+)
+HOLD_EXPIRY_LAG = Histogram(
+    "stockkeeper_hold_expiry_lag_seconds",
+    "From a hold's expires_at to its expiry's recorded change, by the database's clock. Until "
+    "it is recorded no request counts the hold's stock as held, so a long lag only delays "
+    "what reads show.",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0, 600.0),
+)
+
 
 def exposition() -> tuple[bytes, str]:
     """The text to serve at /metrics: every worker's figures when multiprocess mode is on."""

@@ -8,6 +8,7 @@ wraps that one path.
 from __future__ import annotations
 
 import hashlib
+import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Any
@@ -21,7 +22,9 @@ from stockkeeper.domain import (
     AUDIT_PAGE_LIMIT_MAX,
     ON_HAND_MAX,
     AuditPage,
+    Change,
     Checks,
+    Expiry,
     FieldError,
     InvalidRequest,
     Item,
@@ -41,12 +44,38 @@ from stockkeeper.domain import (
     check_order_lines,
     format_timestamp,
 )
+from stockkeeper.hold_expirer import ExpirerOptions, HoldExpirer
+from stockkeeper.holds import (
+    TTL_S_DEFAULT,
+    Hold,
+    HoldAction,
+    HoldReceipt,
+    HoldWrite,
+    UnknownHold,
+    check_hold_id,
+    check_hold_request,
+    check_ttl,
+)
 from stockkeeper.live_tokens import LiveTokens
 from stockkeeper.store import DEFAULT_DATABASE_URL, Store, StoreOptions, display_url, open_store
+from stockkeeper.store.protocol import HeldDrift
 
 VERSION_MAX = 2**63 - 1
 READ_MANY_MAX = 100
 FIRST_ADMIN_NAME = "admin"
+
+
+_EVENTS = {
+    HoldAction.CONFIRM: "confirmed",
+    HoldAction.EXTEND: "extended",
+    HoldAction.RELEASE: "released",
+}
+
+
+def _request_hash(kind: str, fingerprint: object, on_behalf_of: str | None) -> bytes:
+    """What a replay must match: the same key with another request is misuse."""
+    body = orjson.dumps([kind, fingerprint, on_behalf_of])
+    return hashlib.blake2b(body, digest_size=32).digest()
 
 
 class Inventory:
@@ -56,10 +85,16 @@ class Inventory:
     unknown fields, say), so one InvalidRequest reports every error at once.
     """
 
-    def __init__(self, store: Store, cache: ReadCache | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        cache: ReadCache | None = None,
+        expirer: ExpirerOptions | None = None,
+    ) -> None:
         self.store = store
         self.cache: ReadCache = cache if cache is not None else DirectReads(store)
         self._tokens = LiveTokens(store)
+        self.expirer = HoldExpirer(store, self._expired, expirer)
 
     @classmethod
     async def open(
@@ -72,6 +107,7 @@ class Inventory:
         migrate: bool = True,
         create: bool = True,
         cache: Callable[[Store], Awaitable[ReadCache]] | None = None,
+        expirer: ExpirerOptions | None = None,
     ) -> Inventory:
         """Connect to the database (creating or upgrading its schema) and start the cache
         `cache_url` names: `memory://` (in-process) or `redis://…` (shared); or, given
@@ -91,14 +127,17 @@ class Inventory:
         except BaseException:
             await store.close()
             raise
-        return cls(store, opened)
+        return cls(store, opened, expirer)
 
     async def start(self) -> None:
         """Begin what a long-running server needs: the token snapshot checked in the
-        background, so a token revoked anywhere is refused here within a second."""
+        background, so a token revoked anywhere is refused here within a second, and the
+        hold expirer, so an overdue hold's stock shows as available within a second."""
         self._tokens.start()
+        self.expirer.start()
 
     async def close(self) -> None:
+        await self.expirer.close()
         await self._tokens.close()
         await self.cache.close()
         await self.store.close()
@@ -266,17 +305,14 @@ class Inventory:
         on_behalf_of: str | None,
         idempotency_key: str | None,
     ) -> Receipt:
-        # The hash covers everything a replay must match: same key + other request = misuse.
-        fingerprint = orjson.dumps(
-            [reason.value, [[ln.sku, ln.delta, ln.set_to] for ln in lines], on_behalf_of]
-        )
+        fingerprint = [[ln.sku, ln.delta, ln.set_to] for ln in lines]
         write = Write(
             reason=reason,
             lines=lines,
             user=user,
             on_behalf_of=on_behalf_of,
             idempotency_key=idempotency_key,
-            request_hash=hashlib.blake2b(fingerprint, digest_size=32).digest(),
+            request_hash=_request_hash(reason.value, fingerprint, on_behalf_of),
         )
         try:
             receipt = await self.store.write(write)
@@ -284,9 +320,155 @@ class Inventory:
             metrics.STOCK_CHANGES.labels(outcome=error.code).inc()
             raise
         if not receipt.replayed:
-            # Committed: from here on a crash leaves the change to the change feed.
-            await failpoints.hit("cache.push.before")
-            await self.cache.committed(receipt.changes)
+            await self._committed(receipt.changes, receipt.expired)
+        metrics.STOCK_CHANGES.labels(outcome="replayed" if receipt.replayed else "applied").inc()
+        return receipt
+
+    async def _committed(self, changes: Sequence[Change], expired: Sequence[Expiry] = ()) -> None:
+        # Committed: from here on a crash leaves the change to the change feed.
+        await failpoints.hit("cache.push.before")
+        await self.cache.committed([*(c for e in expired for c in e.changes), *changes])
+        for expiry in expired:
+            metrics.HOLDS.labels(event="expired").inc()
+            metrics.HOLD_EXPIRY_LAG.observe(expiry.lag_s)
+
+    async def _expired(self, expired: list[Expiry]) -> None:
+        """The expirer recorded these: serve them, as any committed change."""
+        await self._committed((), expired)
+
+    # --- holds ------------------------------------------------------------------------------
+
+    async def hold(
+        self,
+        lines: Sequence[OrderLine | dict[str, Any]],
+        ttl_s: int = TTL_S_DEFAULT,
+        *,
+        user: str,
+        on_behalf_of: str | None = None,
+        idempotency_key: str | None = None,
+        checks: Checks | None = None,
+    ) -> HoldReceipt:
+        """Set every line aside for `ttl_s` seconds, or none: a short line fails the hold with
+        every shortage. The hold is then confirmed, released, or expires by itself."""
+        checks = checks if checks is not None else Checks()
+        request = check_hold_request(lines, ttl_s, on_behalf_of, checks=checks)
+        idempotency_key = checks.optional_text("Idempotency-Key", idempotency_key)
+        self._check_user(checks, user)
+        checks.raise_if_any()
+        fingerprint = [[ln.sku, ln.quantity] for ln in request.lines], request.ttl_s
+        op = HoldWrite(
+            HoldAction.CREATE,
+            "h" + secrets.token_hex(12),
+            user,
+            request.on_behalf_of,
+            idempotency_key,
+            _request_hash("hold", fingerprint, request.on_behalf_of),
+            request.lines,
+            request.ttl_s,
+        )
+        return await self._commit_hold(op, "created")
+
+    async def confirm(
+        self,
+        hold_id: str,
+        lines: Sequence[OrderLine | dict[str, Any]] | None = None,
+        *,
+        user: str,
+        idempotency_key: str | None = None,
+        checks: Checks | None = None,
+    ) -> HoldReceipt:
+        """Sell what the hold holds: every line whole, or, given `lines`, that much of each
+        SKU named (the rest, and lines not named, are released)."""
+        checks = checks if checks is not None else Checks()
+        parsed = None if lines is None else tuple(check_order_lines(checks, lines))
+        fingerprint = None if parsed is None else [[ln.sku, ln.quantity] for ln in parsed]
+        return await self._act_on_hold(
+            HoldAction.CONFIRM, hold_id, user, idempotency_key, checks, fingerprint, lines=parsed
+        )
+
+    async def extend(
+        self,
+        hold_id: str,
+        ttl_s: int,
+        *,
+        user: str,
+        idempotency_key: str | None = None,
+        checks: Checks | None = None,
+    ) -> HoldReceipt:
+        """Make the hold expire `ttl_s` seconds from now, by the database's clock."""
+        checks = checks if checks is not None else Checks()
+        ttl = check_ttl(checks, ttl_s)
+        return await self._act_on_hold(
+            HoldAction.EXTEND, hold_id, user, idempotency_key, checks, ttl, ttl_s=ttl
+        )
+
+    async def release(
+        self,
+        hold_id: str,
+        *,
+        user: str,
+        idempotency_key: str | None = None,
+        checks: Checks | None = None,
+    ) -> HoldReceipt:
+        """Give the hold's stock back now."""
+        checks = checks if checks is not None else Checks()
+        return await self._act_on_hold(
+            HoldAction.RELEASE, hold_id, user, idempotency_key, checks, None
+        )
+
+    async def get_hold(self, hold_id: str) -> Hold:
+        """The hold as it is now; one past its expires_at is `expired`, recorded or not."""
+        hold = await self.store.get_hold(check_hold_id(hold_id))
+        if hold is None:
+            raise UnknownHold(hold_id)
+        return hold
+
+    async def held_drift(self) -> list[HeldDrift]:
+        """Every SKU whose `held` is not what its active holds add up to: the check that the
+        counter never drifts (it must find nothing, also after a stress run)."""
+        return await self.store.held_drift()
+
+    async def expire_holds(self) -> int:
+        """One round of the expirer, now: how many overdue holds it recorded. A started
+        Inventory runs these in the background."""
+        return await self.expirer.round()
+
+    async def _act_on_hold(
+        self,
+        action: HoldAction,
+        hold_id: str,
+        user: str,
+        idempotency_key: str | None,
+        checks: Checks,
+        fingerprint: object,
+        lines: tuple[OrderLine, ...] | None = None,
+        ttl_s: int = TTL_S_DEFAULT,
+    ) -> HoldReceipt:
+        hold_id = check_hold_id(hold_id)
+        idempotency_key = checks.optional_text("Idempotency-Key", idempotency_key)
+        self._check_user(checks, user)
+        checks.raise_if_any()
+        op = HoldWrite(
+            action,
+            hold_id,
+            user,
+            None,
+            idempotency_key,
+            _request_hash(action.value, [hold_id, fingerprint], None),
+            lines,
+            ttl_s,
+        )
+        return await self._commit_hold(op, _EVENTS[action])
+
+    async def _commit_hold(self, op: HoldWrite, event: str) -> HoldReceipt:
+        try:
+            receipt = await self.store.write_hold(op)
+        except StockkeeperError as error:
+            metrics.STOCK_CHANGES.labels(outcome=error.code).inc()
+            raise
+        if not receipt.replayed:
+            await self._committed(receipt.hold.changes, receipt.expired)
+            metrics.HOLDS.labels(event=event).inc()
         metrics.STOCK_CHANGES.labels(outcome="replayed" if receipt.replayed else "applied").inc()
         return receipt
 

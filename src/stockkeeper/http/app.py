@@ -30,6 +30,7 @@ from stockkeeper.domain import (
     Unauthenticated,
     Unavailable,
 )
+from stockkeeper.holds import HoldReceipt
 from stockkeeper.http.cors import DOCS_CORS_ENV_VAR, DOCS_CORS_OFF, DocsCors, parse_origins
 from stockkeeper.http.messages import (
     NO_CONTENT,
@@ -69,6 +70,11 @@ def _change_response(receipt: Receipt, body: dict[str, Any], status: int = 200) 
     if receipt.replayed:
         headers.append((b"idempotent-replayed", b"true"))
     return json_response(status, body, headers)
+
+
+def _hold_response(receipt: HoldReceipt, status: int = 200) -> Response:
+    headers = [(b"idempotent-replayed", b"true")] if receipt.replayed else []
+    return json_response(status, receipt.hold.to_json(), headers)
 
 
 class App:
@@ -301,6 +307,52 @@ class App:
             checks=checks,
         )
         return _change_response(receipt, {"lines": [c.to_json() for c in receipt.changes]})
+
+    async def create_hold(self, request: Request) -> Response:
+        body, checks = await request.json_object({"lines", "ttl_s", "on_behalf_of"})
+        receipt = await self.inventory.hold(
+            body.get("lines", MISSING),
+            body.get("ttl_s", MISSING),
+            user=request.principal_name,
+            on_behalf_of=body.get("on_behalf_of"),
+            idempotency_key=_idempotency_key(request),
+            checks=checks,
+        )
+        return _hold_response(receipt, 201)
+
+    async def get_hold(self, request: Request) -> Response:
+        hold = await self.inventory.get_hold(request.params["hold_id"])
+        return json_response(200, hold.to_json())
+
+    async def confirm_hold(self, request: Request) -> Response:
+        body, checks = await request.json_object({"lines"}, optional=True)
+        receipt = await self.inventory.confirm(
+            request.params["hold_id"],
+            body.get("lines"),
+            user=request.principal_name,
+            idempotency_key=_idempotency_key(request),
+            checks=checks,
+        )
+        return _hold_response(receipt)
+
+    async def extend_hold(self, request: Request) -> Response:
+        body, checks = await request.json_object({"ttl_s"})
+        receipt = await self.inventory.extend(
+            request.params["hold_id"],
+            body.get("ttl_s", MISSING),
+            user=request.principal_name,
+            idempotency_key=_idempotency_key(request),
+            checks=checks,
+        )
+        return _hold_response(receipt)
+
+    async def release_hold(self, request: Request) -> Response:
+        receipt = await self.inventory.release(
+            request.params["hold_id"],
+            user=request.principal_name,
+            idempotency_key=_idempotency_key(request),
+        )
+        return _hold_response(receipt)
 
     async def audit(self, request: Request) -> Response:
         query = request.query()

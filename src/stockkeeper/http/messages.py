@@ -38,9 +38,12 @@ class Request:
         """Every name=value pair in order, repeats included (`?sku=A&sku=B`)."""
         return parse_qsl(self.scope["query_string"].decode("latin-1"), keep_blank_values=True)
 
-    async def json_object(self, fields: set[str]) -> tuple[dict[str, Any], Checks]:
+    async def json_object(
+        self, fields: set[str], *, optional: bool = False
+    ) -> tuple[dict[str, Any], Checks]:
         """The body as a JSON object, with a Checks naming any field outside `fields`: the
-        service adds its own findings, so the caller learns every error at once."""
+        service adds its own findings, so the caller learns every error at once. An
+        `optional` body may also be empty (then it is {})."""
         declared = self.headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > BODY_BYTES_MAX:
             raise HttpProblem("body_too_large", f"the body may be at most {BODY_BYTES_MAX} bytes")
@@ -56,8 +59,11 @@ class Request:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
+        raw = b"".join(chunks)
+        if optional and not raw.strip():
+            return {}, Checks()
         try:
-            body = orjson.loads(b"".join(chunks))
+            body = orjson.loads(raw)
         except orjson.JSONDecodeError as error:
             raise HttpProblem("malformed_json", f"the body is not valid JSON: {error}") from None
         if not isinstance(body, dict):

@@ -25,6 +25,7 @@ from stockkeeper.domain import (
     Reason,
     Role,
 )
+from stockkeeper.holds import HOLD_ID_PATTERN, TTL_S_MAX, HoldState
 from stockkeeper.http import cors
 from stockkeeper.http.messages import BODY_BYTES_MAX
 from stockkeeper.http.problems import PROBLEM_CONTENT_TYPE, PROBLEMS
@@ -48,6 +49,7 @@ PROBLEM_EXTRAS: dict[str, list[str]] = {
     "insufficient_stock": ["sku", "requested", "available"],
     "invalid_request": ["errors"],
     "method_not_allowed": ["allowed"],
+    "hold_closed": ["state"],
 }
 BODY_CODES = ("malformed_json", "body_too_large", "invalid_request")
 
@@ -125,6 +127,8 @@ _AVAILABLE = _integer(
 )
 _HELD_DELTA = {"type": "integer", "description": "held after minus before"}
 _STRING: Schema = {"type": "string"}
+_HOLD_STATE: Schema = {"enum": [state.value for state in HoldState]}
+_TTL = {**_integer(1, TTL_S_MAX, "seconds from now, by the database's clock"), "default": 600}
 
 SCHEMAS: dict[str, Schema] = {
     "Sku": {
@@ -214,6 +218,47 @@ SCHEMAS: dict[str, Schema] = {
         required=["lines"],
         description="Each SKU may appear once (not expressible here; the server answers 422).",
     ),
+    "HoldLine": _object(
+        {
+            "sku": _SKU,
+            "quantity": _QUANTITY,
+            "confirmed": _integer(0, QUANTITY_MAX, "what the confirm sold of this line"),
+        },
+        required=["sku", "quantity"],
+    ),
+    "Hold": _object(
+        {
+            "id": _schema("HoldId"),
+            "state": _HOLD_STATE,
+            "expires_at": {
+                "type": "string",
+                "format": "date-time",
+                "pattern": TIMESTAMP_PATTERN,
+                "description": "database time; from then on the hold is expired for every "
+                "request, recorded or not",
+            },
+            "lines": _array(_schema("HoldLine"), 1, ORDER_LINES_MAX),
+            "changes": _array(_schema("Change")),
+        },
+        description="`changes` are the item changes this request made, in line order.",
+    ),
+    "HoldId": {"type": "string", "pattern": HOLD_ID_PATTERN},
+    "HoldRequest": _object(
+        {
+            "lines": _array(_schema("OrderLine"), 1, ORDER_LINES_MAX),
+            "ttl_s": _TTL,
+            "on_behalf_of": _nullable(_TEXT),
+        },
+        required=["lines"],
+        description="Each SKU may appear once (not expressible here; the server answers 422).",
+    ),
+    "ConfirmRequest": _object(
+        {"lines": _array(_schema("OrderLine"), 1, ORDER_LINES_MAX)},
+        required=[],
+        description="No body, or no lines, sells every line whole. With lines, each names a "
+        "SKU of the hold and at most its held quantity; what is not confirmed is released.",
+    ),
+    "ExtendRequest": _object({"ttl_s": _TTL}),
     "Health": _object({"status": {"const": "up"}}),
     "Ready": _object({"status": {"const": "ready"}, "checked": _array(_STRING)}),
     "FieldError": _object({"field": _STRING, "message": _STRING}),
@@ -231,6 +276,7 @@ SCHEMAS: dict[str, Schema] = {
             "shortages": _array(_schema("Shortage"), 1),
             "errors": _array(_schema("FieldError"), 1),
             "down": {"type": "object", "additionalProperties": _STRING},
+            "state": _HOLD_STATE,
             "allowed": _array(_STRING, 1),
         },
         required=["type", "title", "status", "detail", "code"],
@@ -288,6 +334,7 @@ PARAMETERS: dict[str, Schema] = {
         "style": "form",
         "explode": True,
     },
+    "HoldId": _parameter("hold_id", "path", _schema("HoldId"), "the hold's id"),
     "MinVersion": _parameter(
         "min_version", "query", _VERSION, "answer with a version at least this (monotonic reads)"
     ),
@@ -409,6 +456,7 @@ def _operation(
     parameters: Iterable[str] = (),
     body: str | None = None,
     refined: Mapping[str, Schema] | None = None,
+    body_required: bool = True,
 ) -> Schema:
     """An operation with the problems its role, body and handler can produce, plus 500."""
     all_codes = list(codes)
@@ -416,7 +464,10 @@ def _operation(
     if parameters:
         operation["parameters"] = [_ref("parameters", name) for name in parameters]
     if body is not None:
-        operation["requestBody"] = {"required": True, "content": _content(_schema(body))}
+        operation["requestBody"] = {
+            "required": body_required,
+            "content": _content(_schema(body)),
+        }
         all_codes[:0] = BODY_CODES
     if role is not None:
         operation["security"] = [{BEARER: []}]
@@ -437,6 +488,12 @@ _CHANGED = _success(
     "The committed change, or on a replay the original answer.",
     _schema("Change"),
     {"ETag": _ETAG, "Idempotent-Replayed": _REPLAYED},
+)
+_HOLD_PARAMS = ("HoldId", "IdempotencyKey")
+_HOLD_CHANGED = _success(
+    "The hold after the request, or on a replay the original answer.",
+    _schema("Hold"),
+    {"Idempotent-Replayed": _REPLAYED},
 )
 _SET = "Stock set outright; audited with reason `set` and delta new - old."
 _DOCS_CORS = ("Access-Control-Allow-Origin", "Vary")
@@ -552,6 +609,65 @@ PATHS: dict[str, dict[str, Schema]] = {
             {"insufficient_stock": _ORDER_SHORTAGES},
         ),
     },
+    "/v1/holds": {
+        "post": _operation(
+            "createHold",
+            "Set every line aside for a checkout, or none",
+            Role.CLERK,
+            {
+                "201": _success(
+                    "The active hold, or on a replay the original answer.",
+                    _schema("Hold"),
+                    {"Idempotent-Replayed": _REPLAYED},
+                )
+            },
+            ["unknown_sku", "insufficient_stock", "idempotency_key_reused"],
+            ("IdempotencyKey",),
+            "HoldRequest",
+            {"insufficient_stock": _ORDER_SHORTAGES},
+        ),
+    },
+    "/v1/holds/{hold_id}": {
+        "get": _operation(
+            "getHold",
+            "Read a hold; one past its expires_at is expired, recorded or not",
+            Role.CLERK,
+            {"200": _success("The hold (its changes empty).", _schema("Hold"))},
+            ["unknown_hold"],
+            ("HoldId",),
+        ),
+        "delete": _operation(
+            "releaseHold",
+            "Give a hold's stock back",
+            Role.CLERK,
+            {"200": _HOLD_CHANGED},
+            ["unknown_hold", "hold_closed", "idempotency_key_reused"],
+            _HOLD_PARAMS,
+        ),
+    },
+    "/v1/holds/{hold_id}/confirm": {
+        "post": _operation(
+            "confirmHold",
+            "Sell what a hold holds (or less: the rest is released)",
+            Role.CLERK,
+            {"200": _HOLD_CHANGED},
+            ["unknown_hold", "hold_expired", "hold_closed", "idempotency_key_reused"],
+            _HOLD_PARAMS,
+            "ConfirmRequest",
+            body_required=False,
+        ),
+    },
+    "/v1/holds/{hold_id}/extend": {
+        "post": _operation(
+            "extendHold",
+            "Make a hold expire ttl_s from now",
+            Role.CLERK,
+            {"200": _HOLD_CHANGED},
+            ["unknown_hold", "hold_expired", "hold_closed", "idempotency_key_reused"],
+            _HOLD_PARAMS,
+            "ExtendRequest",
+        ),
+    },
     "/healthz": {
         "get": _operation("healthz", "Liveness", None, {"200": _success("Up.", _schema("Health"))})
     },
@@ -603,8 +719,9 @@ PATHS: dict[str, dict[str, Schema]] = {
 
 DESCRIPTION = f"""Inventory that never oversells, with a same-transaction audit log.
 
-Roles: `reader` (GET items) < `clerk` (+ purchase, orders) < `admin` (everything); the role an
-operation needs is its `x-required-role`. A missing or unknown token is 401, a too-low role 403.
+Roles: `reader` (GET items) < `clerk` (+ purchase, orders, holds) < `admin` (everything); the
+role an operation needs is its `x-required-role`. A missing or unknown token is 401, a too-low
+role 403.
 
 Bodies are JSON objects of at most {BODY_BYTES_MAX} bytes; integers must be written as JSON
 integers. Errors are RFC 9457 problem details with a stable `code`. Besides the problems each

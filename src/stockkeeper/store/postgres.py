@@ -26,6 +26,7 @@ import asyncio
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -37,6 +38,7 @@ from stockkeeper.domain import (
     AuditPage,
     Busy,
     Change,
+    Expiry,
     FeedEntry,
     Item,
     LineChange,
@@ -47,11 +49,14 @@ from stockkeeper.domain import (
     Unavailable,
     Write,
 )
+from stockkeeper.holds import Hold, HoldReceipt, HoldWrite
 from stockkeeper.retry import retrying
 from stockkeeper.store import display_url, read_mode_sql
-from stockkeeper.store.protocol import LocalView, ReadModeView, StoreOptions
+from stockkeeper.store.expiry import expire_batch
+from stockkeeper.store.hold_writes import apply_hold_write, read_hold
+from stockkeeper.store.protocol import HeldDrift, LocalView, ReadModeView, StoreOptions
 from stockkeeper.store.rows import AUDIT_COLUMNS, PURGED_NODE_KEY, audit_entry
-from stockkeeper.store.sql_tx import Row, SqlTx
+from stockkeeper.store.sql_tx import HELD_DRIFT, Applied, Row, SqlTx
 from stockkeeper.store.token_sql import (
     BUMP_TOKEN_GENERATION,
     LIVE_TOKENS,
@@ -62,7 +67,7 @@ from stockkeeper.store.token_sql import (
     row_principal,
     token_info,
 )
-from stockkeeper.store.writes import apply_write, refuse
+from stockkeeper.store.writes import ExpireFirst, apply_write, refuse
 
 T = TypeVar("T")
 
@@ -314,38 +319,48 @@ class _PgStatements:
 
 
 class _PgTx(SqlTx):
-    async def lock_items(self, skus: list[str]) -> dict[str, int]:
-        # ORDER BY sits below the row-locking step, so rows are locked in this order.
-        rows = await self.db.fetch(
-            "SELECT sku, on_hand - held AS available FROM items WHERE sku = ANY($1::text[]) "
-            "ORDER BY sku FOR UPDATE",
-            skus,
-        )
-        return {row["sku"]: row["available"] for row in rows}
+    @staticmethod
+    def in_list(param: str) -> str:
+        return f"= ANY({param}::text[])"
 
-    async def insert_audit(self, write: Write, rows: list[tuple[Item, int]]) -> list[int]:
+    async def now(self) -> datetime:
+        row = await self.db.first("SELECT clock_timestamp() AS now")
+        assert row is not None
+        now: datetime = row["now"]
+        return now
+
+    async def insert_audit(
+        self, write: Write, rows: list[Applied], hold_id: str | None = None
+    ) -> list[int]:
         # clock_timestamp(), not now(): now() is when the transaction began, which may be long
         # before it won the row lock; this is as close to the commit as SQL can see.
         records = await self.db.fetch(
-            "INSERT INTO audit (sku, version, delta, on_hand, held, user_name, on_behalf_of, "
-            "reason, idempotency_key, at) "
-            "SELECT sku, version, delta, on_hand, held, $6, $7, $8, $9, clock_timestamp() "
-            "FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[]) "
-            "WITH ORDINALITY AS line (sku, version, delta, on_hand, held, n) ORDER BY n "
-            "RETURNING id, sku",
-            [item.sku for item, _ in rows],
-            [item.version for item, _ in rows],
-            [delta for _, delta in rows],
-            [item.on_hand for item, _ in rows],
-            [item.held for item, _ in rows],
+            "INSERT INTO audit (sku, version, delta, on_hand, held_delta, held, user_name, "
+            "on_behalf_of, reason, idempotency_key, hold_id, at) "
+            "SELECT sku, version, delta, on_hand, held_delta, held, $7, $8, $9, $10, $11, "
+            "clock_timestamp() FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], "
+            "$5::bigint[], $6::bigint[]) "
+            "WITH ORDINALITY AS line (sku, version, delta, on_hand, held_delta, held, n) "
+            "ORDER BY n RETURNING id, sku, version",
+            [row.item.sku for row in rows],
+            [row.item.version for row in rows],
+            [row.delta for row in rows],
+            [row.item.on_hand for row in rows],
+            [row.held_delta for row in rows],
+            [row.item.held for row in rows],
             write.user,
             write.on_behalf_of,
             write.reason.value,
             write.idempotency_key,
+            hold_id,
         )
-        # RETURNING promises no order; a write names each SKU once, so map by SKU.
-        ids = {record["sku"]: record["id"] for record in records}
-        return [ids[item.sku] for item, _ in rows]
+        # RETURNING promises no order; (sku, version) is unique, so map by it.
+        ids = {(record["sku"], record["version"]): record["id"] for record in records}
+        return [ids[row.item.sku, row.item.version] for row in rows]
+
+
+def _tx(conn: asyncpg.Connection) -> _PgTx:
+    return _PgTx(_PgStatements(conn))
 
 
 class _PgFeed:
@@ -412,7 +427,8 @@ def _feed_entry(row: asyncpg.Record) -> FeedEntry:
 # A purchase or restock without an idempotency key, in one statement and one round trip: the
 # conditional change and its audit entry commit together (a statement is its own transaction),
 # and a refusal changes nothing, so it needs no transaction at all. `seen` is on_hand in the
-# statement's snapshot, for the refusal's message.
+# statement's snapshot, for the refusal's message; `due`, on a refusal, says an overdue hold
+# still holds some of the SKU's stock (then the write runs again, expiring it first).
 _ADJUST = """
     WITH changed AS (
         UPDATE items SET on_hand = on_hand + $2, version = version + 1
@@ -427,7 +443,11 @@ _ADJUST = """
         SELECT sku, version, $2, on_hand, held, $4, $5, $6, clock_timestamp() FROM changed
         RETURNING id
     )
-    SELECT c.on_hand, c.version, c.held, a.id AS audit_id, i.on_hand - i.held AS seen
+    SELECT c.on_hand, c.version, c.held, a.id AS audit_id, i.on_hand - i.held AS seen,
+        c.sku IS NULL AND EXISTS (
+            SELECT 1 FROM holds AS h JOIN hold_lines AS l ON l.hold_id = h.id
+            WHERE h.state = 'active' AND h.expires_at <= clock_timestamp() AND l.sku = $1
+        ) AS due
     FROM (SELECT 1) AS one
     LEFT JOIN changed AS c ON true
     LEFT JOIN audited AS a ON true
@@ -454,6 +474,8 @@ async def _adjust_in_one_statement(
             line.sku, line.delta, row["on_hand"], row["version"], row["audit_id"], held=row["held"]
         )
         return Receipt((change,))
+    if row["due"]:
+        raise ExpireFirst()
     available = row["seen"]
     if available is not None and line.delta < 0 and available >= -line.delta:
         # Enough in our snapshot, yet refused: a concurrent change won the row first, and the
@@ -626,11 +648,40 @@ class PostgresStore:
         if write.idempotency_key is None and write.reason in (Reason.PURCHASE, Reason.RESTOCK):
             (line,) = write.lines
             await failpoints.hit("store.write.before_change")
-            return await self._run(
-                lambda conn: _adjust_in_one_statement(conn, write, line, self._lock_timeout),
-                commits=True,
-            )
-        return await self._in_tx(lambda conn: apply_write(_PgTx(_PgStatements(conn)), write))
+            try:
+                return await self._run(
+                    lambda conn: _adjust_in_one_statement(conn, write, line, self._lock_timeout),
+                    commits=True,
+                )
+            except ExpireFirst:
+                return await self._in_tx(
+                    lambda conn: apply_write(_tx(conn), write, expire_first=True)
+                )
+        return await self._with_expiry(
+            lambda conn, first: apply_write(_tx(conn), write, expire_first=first)
+        )
+
+    async def write_hold(self, op: HoldWrite) -> HoldReceipt:
+        return await self._with_expiry(
+            lambda conn, first: apply_hold_write(_tx(conn), op, expire_first=first)
+        )
+
+    async def _with_expiry(self, op: Callable[[asyncpg.Connection, bool], Awaitable[T]]) -> T:
+        """Run `op` in a transaction; again, expiring overdue holds first, if it asks to."""
+        try:
+            return await self._in_tx(lambda conn: op(conn, False))
+        except ExpireFirst:
+            return await self._in_tx(lambda conn: op(conn, True))
+
+    async def get_hold(self, hold_id: str) -> Hold | None:
+        return await self._run(lambda conn: read_hold(_tx(conn), hold_id))
+
+    async def expire_holds(self, limit: int) -> list[Expiry]:
+        return await self._in_tx(lambda conn: expire_batch(_tx(conn), limit))
+
+    async def held_drift(self) -> list[HeldDrift]:
+        rows = await self._run(lambda conn: conn.fetch(HELD_DRIFT))
+        return [HeldDrift(row["sku"], row["held"], row["from_holds"]) for row in rows]
 
     async def audit_page(self, sku: str, after_version: int, limit: int) -> AuditPage:
         rows = await self._run(

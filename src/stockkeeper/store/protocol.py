@@ -12,6 +12,7 @@ from typing import Protocol
 
 from stockkeeper.domain import (
     AuditPage,
+    Expiry,
     FeedEntry,
     Item,
     Principal,
@@ -19,6 +20,7 @@ from stockkeeper.domain import (
     TokenInfo,
     Write,
 )
+from stockkeeper.holds import Hold, HoldReceipt, HoldWrite
 from stockkeeper.retry import RetryPolicy
 
 
@@ -46,6 +48,13 @@ class ReadModeView:
     mode: str
     active: bool
     voted: bool
+
+
+@dataclass(frozen=True, slots=True)
+class HeldDrift:
+    sku: str
+    held: int  # the item's counter
+    from_holds: int  # what its active holds' lines add up to
 
 
 class ChangeFeed(Protocol):
@@ -99,6 +108,24 @@ class Store(Protocol):
 
     async def write(self, write: Write) -> Receipt:
         """Apply a write with its audit entries in one transaction, retrying transient faults."""
+        ...
+
+    async def write_hold(self, op: HoldWrite) -> HoldReceipt:
+        """Create, confirm, extend or release a hold, with its item changes and their audit
+        entries, in one transaction."""
+        ...
+
+    async def get_hold(self, hold_id: str) -> Hold | None:
+        """The hold in its state by the database's clock now (its `changes` empty)."""
+        ...
+
+    async def expire_holds(self, limit: int) -> list[Expiry]:
+        """Record up to `limit` overdue holds as expired, in one transaction, skipping any
+        another transaction has locked."""
+        ...
+
+    async def held_drift(self) -> list[HeldDrift]:
+        """Every SKU whose `held` is not the sum of its active holds' lines (none, ever)."""
         ...
 
     async def audit_page(self, sku: str, after_version: int, limit: int) -> AuditPage: ...

@@ -15,16 +15,19 @@ import re
 import secrets
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+import orjson
+
 from stockkeeper import metrics
 from stockkeeper.domain import (
     AuditPage,
     Busy,
+    Expiry,
     FeedEntry,
     Item,
     NoDatabase,
@@ -34,11 +37,14 @@ from stockkeeper.domain import (
     Unavailable,
     Write,
 )
+from stockkeeper.holds import Hold, HoldReceipt, HoldWrite
 from stockkeeper.retry import retrying
 from stockkeeper.store import read_mode_sql
-from stockkeeper.store.protocol import ReadModeView, StoreOptions
+from stockkeeper.store.expiry import expire_batch
+from stockkeeper.store.hold_writes import apply_hold_write, read_hold
+from stockkeeper.store.protocol import HeldDrift, ReadModeView, StoreOptions
 from stockkeeper.store.rows import AUDIT_COLUMNS, PURGED_NODE_KEY, audit_entry
-from stockkeeper.store.sql_tx import Row, SqlTx
+from stockkeeper.store.sql_tx import HELD_DRIFT, Applied, Row, SqlTx
 from stockkeeper.store.token_sql import (
     BUMP_TOKEN_GENERATION,
     LIVE_TOKENS,
@@ -49,7 +55,7 @@ from stockkeeper.store.token_sql import (
     row_principal,
     token_info,
 )
-from stockkeeper.store.writes import apply_write
+from stockkeeper.store.writes import ExpireFirst, apply_write
 
 T = TypeVar("T")
 
@@ -223,16 +229,25 @@ class _Connection:
 
 
 class _SqliteStatements:
-    """Runs the shared `$n` SQL as SQLite's numbered `?n` parameters."""
+    """Runs the shared `$n` SQL as SQLite's numbered `?n` parameters, a list as a JSON array
+    (for json_each) and a timestamp as fixed-width UTC text."""
 
     def __init__(self, db: _Connection) -> None:
         self._db = db
 
     async def fetch(self, sql: str, *args: Any) -> list[Row]:
-        return list(await self._db.execute(_numbered(sql), *args))
+        return list(await self._db.execute(_numbered(sql), *map(_parameter, args)))
 
     async def first(self, sql: str, *args: Any) -> Row | None:
-        return await self._db.first(_numbered(sql), *args)
+        return await self._db.first(_numbered(sql), *map(_parameter, args))
+
+
+def _parameter(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
+    if isinstance(value, list):
+        return orjson.dumps(value).decode()
+    return value
 
 
 @functools.lru_cache(maxsize=64)
@@ -241,34 +256,38 @@ def _numbered(sql: str) -> str:
 
 
 class _SqliteTx(SqlTx):
-    lock_clause = ""
+    lock_clause = hold_lock_clause = skip_locked_clause = ""
 
-    async def lock_items(self, skus: list[str]) -> dict[str, int]:
-        marks = ", ".join("?" * len(skus))
-        rows = await self.db.fetch(
-            f"SELECT sku, on_hand - held AS available FROM items WHERE sku IN ({marks}) "
-            "ORDER BY sku",
-            *skus,
-        )
-        return {row["sku"]: row["available"] for row in rows}
+    @staticmethod
+    def in_list(param: str) -> str:
+        return f"IN (SELECT value FROM json_each({param}))"
 
-    async def insert_audit(self, write: Write, rows: list[tuple[Item, int]]) -> list[int]:
+    async def now(self) -> datetime:
+        # One machine's clock: every process sharing the file reads the same one.
+        return datetime.now(UTC)
+
+    async def insert_audit(
+        self, write: Write, rows: list[Applied], hold_id: str | None = None
+    ) -> list[int]:
         at = datetime.now(UTC).isoformat()
         ids = []
-        for item, delta in rows:
+        for applied in rows:
+            item = applied.item
             row = await self.db.first(
-                "INSERT INTO audit (sku, version, delta, on_hand, held, user_name, on_behalf_of, "
-                "reason, idempotency_key, at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) "
-                "RETURNING id",
+                "INSERT INTO audit (sku, version, delta, on_hand, held_delta, held, user_name, "
+                "on_behalf_of, reason, idempotency_key, hold_id, at) "
+                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id",
                 item.sku,
                 item.version,
-                delta,
+                applied.delta,
                 item.on_hand,
+                applied.held_delta,
                 item.held,
                 write.user,
                 write.on_behalf_of,
                 write.reason.value,
                 write.idempotency_key,
+                hold_id,
                 at,
             )
             assert row is not None
@@ -460,10 +479,37 @@ class SqliteStore:
         return self._local_view
 
     async def write(self, write: Write) -> Receipt:
-        result: Receipt = await self._in_tx(
-            lambda: apply_write(_SqliteTx(_SqliteStatements(self._writer)), write)
+        result: Receipt = await self._with_expiry(
+            lambda tx, first: apply_write(tx, write, expire_first=first)
         )
         return result
+
+    async def write_hold(self, op: HoldWrite) -> HoldReceipt:
+        result: HoldReceipt = await self._with_expiry(
+            lambda tx, first: apply_hold_write(tx, op, expire_first=first)
+        )
+        return result
+
+    async def _with_expiry(self, op: Callable[[_SqliteTx, bool], Awaitable[T]]) -> T:
+        """Run `op` in a transaction; again, expiring overdue holds first, if it asks to."""
+        try:
+            return await self._in_tx(lambda: op(self._write_tx(), False))
+        except ExpireFirst:
+            return await self._in_tx(lambda: op(self._write_tx(), True))
+
+    def _write_tx(self) -> _SqliteTx:
+        return _SqliteTx(_SqliteStatements(self._writer))
+
+    async def get_hold(self, hold_id: str) -> Hold | None:
+        return await read_hold(_SqliteTx(_SqliteStatements(self._reader)), hold_id)
+
+    async def expire_holds(self, limit: int) -> list[Expiry]:
+        expired: list[Expiry] = await self._in_tx(lambda: expire_batch(self._write_tx(), limit))
+        return expired
+
+    async def held_drift(self) -> list[HeldDrift]:
+        rows = await self._reader.execute(HELD_DRIFT)
+        return [HeldDrift(row["sku"], row["held"], row["from_holds"]) for row in rows]
 
     async def audit_page(self, sku: str, after_version: int, limit: int) -> AuditPage:
         rows = await self._reader.execute(

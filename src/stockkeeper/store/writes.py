@@ -5,6 +5,10 @@ by the database in the statement that changes the row), never a read in Python f
 write. Multi-SKU orders lock their rows in sorted SKU order before changing any, so two orders
 can never wait on each other in a cycle. The audit entries and the idempotency key commit in
 the same transaction as the stock, or nothing does.
+
+Stock of an expired hold is never refused to a buyer: a write that finds a line short looks for
+overdue holds on its SKUs, and if there are any it is run again (ExpireFirst), expiring them
+before it takes any item lock (the lock order: holds, then items; docs/holds.md).
 """
 
 from __future__ import annotations
@@ -29,34 +33,53 @@ from stockkeeper.domain import (
     UnknownSku,
     Write,
 )
-from stockkeeper.store.sql_tx import SqlTx
+from stockkeeper.store.expiry import expire_due_on
+from stockkeeper.store.sql_tx import Applied, SqlTx
 
 
-async def apply_write(tx: SqlTx, write: Write) -> Receipt:
+class ExpireFirst(Exception):
+    """A line was short while overdue holds on its SKUs still hold stock: the store runs the
+    write again in a new transaction with `expire_first` (this one holds item locks, and a
+    hold's lock must be taken before them)."""
+
+
+async def apply_write(tx: SqlTx, write: Write, *, expire_first: bool = False) -> Receipt:
     key = write.idempotency_key
     if key is not None:
-        prior = await tx.claim_key(write.user, key, write.request_hash)
-        if prior is not None:
-            request_hash, response = prior
-            if request_hash != write.request_hash:
-                raise IdempotencyKeyReused(key)
+        response = await replayed_answer(tx, write.user, key, write.request_hash)
+        if response is not None:
             return Receipt(
                 tuple(Change.from_json(c) for c in orjson.loads(response)), replayed=True
             )
 
+    skus = [line.sku for line in write.lines]
+    expired = await expire_due_on(tx, skus) if expire_first else ()
     await failpoints.hit("store.write.before_change")
-    rows = await _change_stock(tx, write)
+    try:
+        rows = await _change_stock(tx, write)
+    except InsufficientStock:
+        if not expire_first and await tx.any_due(skus, await tx.now()):
+            raise ExpireFirst() from None
+        raise
     await failpoints.hit("store.write.before_audit")
-    audit_ids = await tx.insert_audit(write, rows)
-    assert len(audit_ids) == len(rows) == len(write.lines), "one audit entry per changed line"
-    changes = tuple(
-        Change(item.sku, delta, item.on_hand, item.version, audit_id, held=item.held)
-        for (item, delta), audit_id in zip(rows, audit_ids, strict=True)
-    )
+    changes = await tx.audited(write, rows)
+    assert len(changes) == len(write.lines), "one audit entry per changed line"
     if key is not None:
         await tx.save_response(write.user, key, orjson.dumps([c.to_json() for c in changes]))
     await failpoints.hit("store.write.before_commit")
-    return Receipt(changes)
+    return Receipt(changes, expired=expired)
+
+
+async def replayed_answer(tx: SqlTx, user: str, key: str, request_hash: bytes) -> bytes | None:
+    """Claim the idempotency key, or return the answer of the request that claimed it; the
+    same key with another request is misuse."""
+    prior = await tx.claim_key(user, key, request_hash)
+    if prior is None:
+        return None
+    claimed_hash, response = prior
+    if claimed_hash != request_hash:
+        raise IdempotencyKeyReused(key)
+    return response
 
 
 def refuse(line: LineChange, available: int | None, *, is_order: bool) -> NoReturn:
@@ -69,20 +92,20 @@ def refuse(line: LineChange, available: int | None, *, is_order: bool) -> NoRetu
     raise InsufficientStock([Shortage(line.sku, -line.delta, available)], is_order=is_order)
 
 
-async def _change_stock(tx: SqlTx, write: Write) -> list[tuple[Item, int]]:
-    """Apply every line; returns (item after, delta) per line in request order."""
+async def _change_stock(tx: SqlTx, write: Write) -> list[Applied]:
+    """Apply every line, in request order."""
     if write.reason is Reason.SET:
         (line,) = write.lines
         assert line.set_to is not None and line.set_to >= 0
         if await tx.create_item(line.sku, line.set_to):
-            return [(Item(line.sku, line.set_to, 1), line.set_to)]
+            return [Applied(Item(line.sku, line.set_to, 1), line.set_to)]
         old = await tx.lock_item(line.sku)
         if line.set_to < old.held:
             # Held stock is promised to a checkout: on_hand may not fall below it. Said as a
             # take: the set removes on_hand - set_to, of which only `available` may go.
             taken = old.on_hand - line.set_to
             raise InsufficientStock([Shortage(line.sku, taken, old.available)], is_order=False)
-        return [(await tx.set_on_hand(line.sku, line.set_to), line.set_to - old.on_hand)]
+        return [Applied(await tx.set_on_hand(line.sku, line.set_to), line.set_to - old.on_hand)]
 
     is_order = write.reason is Reason.ORDER
     if len(write.lines) == 1:
@@ -93,23 +116,29 @@ async def _change_stock(tx: SqlTx, write: Write) -> list[tuple[Item, int]]:
             item = await tx.take(line.sku, -line.delta)
         if item is None:
             refuse(line, await tx.available(line.sku), is_order=is_order)
-        return [(item, line.delta)]
+        return [Applied(item, line.delta)]
 
     assert all(line.delta < 0 for line in write.lines), "multi-line writes are orders"
-    available = await tx.lock_items(sorted(line.sku for line in write.lines))
-    for line in write.lines:
-        if line.sku not in available:
-            raise UnknownSku(line.sku)
-    shortages = [
-        Shortage(line.sku, -line.delta, available[line.sku])
-        for line in write.lines
-        if available[line.sku] < -line.delta
-    ]
-    if shortages:
-        raise InsufficientStock(shortages, is_order=True)
+    await lock_enough(tx, [(line.sku, -line.delta) for line in write.lines])
     after: dict[str, Item] = {}
     for line in sorted(write.lines, key=lambda line: line.sku):
         item = await tx.take(line.sku, -line.delta)
         assert item is not None, "the row is locked and was checked: the decrement must apply"
         after[line.sku] = item
-    return [(after[line.sku], line.delta) for line in write.lines]
+    return [Applied(after[line.sku], line.delta) for line in write.lines]
+
+
+async def lock_enough(tx: SqlTx, wanted: list[tuple[str, int]]) -> None:
+    """Lock every (sku, quantity) line's item in sorted order, then refuse the lot, naming
+    every shortage, unless each has that much available."""
+    available = await tx.lock_items(sorted(sku for sku, _ in wanted))
+    for sku, _ in wanted:
+        if sku not in available:
+            raise UnknownSku(sku)
+    shortages = [
+        Shortage(sku, quantity, available[sku])
+        for sku, quantity in wanted
+        if available[sku] < quantity
+    ]
+    if shortages:
+        raise InsufficientStock(shortages, is_order=True)
