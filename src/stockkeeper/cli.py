@@ -621,6 +621,11 @@ def verify_command(
         f"verify: {len(urls)} server(s), {concurrency} clients, {report.seconds:.1f} s, "
         f"seed {seed}: {len(report.ops):,} operations on {len(report.skus)} SKUs"
     )
+    ends = report.hold_ends()
+    click.echo(
+        f"  holds: {len(report.holds):,} created; ended: "
+        + ", ".join(f"{n:,} {reason}" for reason, n in sorted(ends.items()))
+    )
     counts = report.counts()
     for rule, count in counts.items():
         click.echo(f"  {rule:<18} {count:>8}")

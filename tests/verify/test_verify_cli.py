@@ -4,6 +4,7 @@ purchase server, naming the rule each breaks, and exits 2 when it cannot run."""
 
 from __future__ import annotations
 
+import re
 import signal
 import socket
 import subprocess
@@ -96,6 +97,7 @@ def test_verify_passes_on_stockkeeper_and_catches_naive_designs(
     run = verify(*urls, "--token", cluster.admin_token, "--seconds", "4", "--seed", "7")
     print(run.stdout, run.stderr)
     assert "operations on 44 SKUs" in run.stdout
+    assert re.search(r"holds: [1-9][0-9,]* created; ended: .*confirm.*expire.*release", run.stdout)
     if not variant.breaks:
         assert run.returncode == 0, run.stdout + run.stderr
         assert "verdict: CORRECT" in run.stdout

@@ -45,7 +45,7 @@ async def _expire(tx: SqlTx, holds: list[HoldRow], skus: list[str]) -> list[Expi
         await failpoints.hit("store.expire.before_audit")
         # The audit names the hold's own user: an expiry is its checkout ending, by no one.
         write = Write(Reason.EXPIRE, (), hold.user, hold.on_behalf_of)
-        changes = await tx.audited(write, rows, hold.id)
+        changes = await tx.audited(write, rows, hold.id, recorded)
         await tx.close_hold(hold.id, HoldState.EXPIRED, recorded, {})
         lag_s = (recorded - hold.expires_at).total_seconds()
         expired.append(Expiry(hold.id, changes, lag_s))

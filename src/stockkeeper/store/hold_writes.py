@@ -115,6 +115,9 @@ async def _act(tx: SqlTx, op: HoldWrite) -> HoldReceipt:
     if hold is None:
         raise UnknownHold(op.hold_id)
     await failpoints.hit("store.hold.locked")
+    if op.action is not HoldAction.EXTEND:
+        await tx.lock_items(sorted(line.sku for line in hold.lines))
+    # Read once every lock is held: the decision's moment, and the stamp of its audit entries.
     now = await tx.now()
     check_action(op.action, state_at(hold.state, hold.expires_at, now))
     if op.action is HoldAction.EXTEND:
@@ -125,7 +128,6 @@ async def _act(tx: SqlTx, op: HoldWrite) -> HoldReceipt:
         plan = plan_confirm(hold.lines, op.lines)
     else:
         plan = [ConfirmLine(line.sku, line.quantity, 0) for line in hold.lines]
-    await tx.lock_items(sorted(line.sku for line in plan))
     rows = [
         Applied(await tx.settle(line.sku, line.confirmed, line.held), -line.confirmed, -line.held)
         for line in plan
@@ -133,7 +135,7 @@ async def _act(tx: SqlTx, op: HoldWrite) -> HoldReceipt:
     state, reason = _ENDS[op.action]
     # The hold's user and shopper, as its creation recorded them: the confirm carries neither.
     changes = await tx.audited(
-        Write(reason, (), op.user, hold.on_behalf_of, op.idempotency_key), rows, hold.id
+        Write(reason, (), op.user, hold.on_behalf_of, op.idempotency_key), rows, hold.id, now
     )
     confirmed = {line.sku: line.confirmed for line in plan} if state is HoldState.CONFIRMED else {}
     await tx.close_hold(hold.id, state, now, confirmed)

@@ -330,7 +330,11 @@ class _PgTx(SqlTx):
         return now
 
     async def insert_audit(
-        self, write: Write, rows: list[Applied], hold_id: str | None = None
+        self,
+        write: Write,
+        rows: list[Applied],
+        hold_id: str | None = None,
+        at: datetime | None = None,
     ) -> list[int]:
         # clock_timestamp(), not now(): now() is when the transaction began, which may be long
         # before it won the row lock; this is as close to the commit as SQL can see.
@@ -338,8 +342,8 @@ class _PgTx(SqlTx):
             "INSERT INTO audit (sku, version, delta, on_hand, held_delta, held, user_name, "
             "on_behalf_of, reason, idempotency_key, hold_id, at) "
             "SELECT sku, version, delta, on_hand, held_delta, held, $7, $8, $9, $10, $11, "
-            "clock_timestamp() FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], "
-            "$5::bigint[], $6::bigint[]) "
+            "coalesce($12::timestamptz, clock_timestamp()) FROM unnest($1::text[], $2::bigint[], "
+            "$3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[]) "
             "WITH ORDINALITY AS line (sku, version, delta, on_hand, held_delta, held, n) "
             "ORDER BY n RETURNING id, sku, version",
             [row.item.sku for row in rows],
@@ -353,6 +357,7 @@ class _PgTx(SqlTx):
             write.reason.value,
             write.idempotency_key,
             hold_id,
+            at,
         )
         # RETURNING promises no order; (sku, version) is unique, so map by it.
         ids = {(record["sku"], record["version"]): record["id"] for record in records}

@@ -338,10 +338,17 @@ class SqlTx(ABC):
         await self.db.fetch("UPDATE holds SET expires_at = $2 WHERE id = $1", hold_id, expires_at)
 
     async def audited(
-        self, write: Write, rows: list[Applied], hold_id: str | None = None
+        self,
+        write: Write,
+        rows: list[Applied],
+        hold_id: str | None = None,
+        at: datetime | None = None,
     ) -> tuple[Change, ...]:
-        """Append the audit entries of applied lines: the changes they make."""
-        audit_ids = await self.insert_audit(write, rows, hold_id)
+        """Append the audit entries of applied lines: the changes they make. `at` stamps them
+        with the moment a decision was made at (a hold's end, by the clock read once every
+        lock was held, so no earlier version of these SKUs can be stamped later); by default,
+        the clock as they are written."""
+        audit_ids = await self.insert_audit(write, rows, hold_id, at)
         assert len(audit_ids) == len(rows), "one audit entry per applied line"
         return tuple(
             Change(
@@ -358,6 +365,10 @@ class SqlTx(ABC):
 
     @abstractmethod
     async def insert_audit(
-        self, write: Write, rows: list[Applied], hold_id: str | None = None
+        self,
+        write: Write,
+        rows: list[Applied],
+        hold_id: str | None = None,
+        at: datetime | None = None,
     ) -> list[int]:
         """Append one audit entry per applied line; returns their ids."""

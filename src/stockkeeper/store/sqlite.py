@@ -267,9 +267,13 @@ class _SqliteTx(SqlTx):
         return datetime.now(UTC)
 
     async def insert_audit(
-        self, write: Write, rows: list[Applied], hold_id: str | None = None
+        self,
+        write: Write,
+        rows: list[Applied],
+        hold_id: str | None = None,
+        at: datetime | None = None,
     ) -> list[int]:
-        at = datetime.now(UTC).isoformat()
+        stamp = (at or datetime.now(UTC)).isoformat()
         ids = []
         for applied in rows:
             item = applied.item
@@ -288,7 +292,7 @@ class _SqliteTx(SqlTx):
                 write.reason.value,
                 write.idempotency_key,
                 hold_id,
-                at,
+                stamp,
             )
             assert row is not None
             ids.append(int(row["id"]))

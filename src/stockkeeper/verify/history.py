@@ -46,12 +46,29 @@ KINDS = (
     "ack_duplicated",
     "oversold",
     "unexplained",
+    "over_held",
+    "hold_ends",
+    "confirm_after_expiry",
+    "expiry_untimely",
 )
 OUTCOMES = ("ok", "refused", "indeterminate")
 # Write kinds that take stock; any kind but "read" is a write ("restock", "set", …).
 TAKES_STOCK = frozenset({"purchase", "order"})
+# Writes that change no item (an extend moves only a hold's expires_at): they explain nothing.
+CHANGES_NO_ITEM = frozenset({"extend"})
 # Rules that need full audit entries (AuditEntry), not just version → on_hand.
-NEEDS_ENTRIES = ("audit_gap", "audit_replay", "ack_duplicated")
+NEEDS_ENTRIES = (
+    "audit_gap",
+    "audit_replay",
+    "ack_duplicated",
+    "over_held",
+    "hold_ends",
+    "confirm_after_expiry",
+    "expiry_untimely",
+)
+# shared/API.md: each expiry is recorded within 1 s of expires_at.
+EXPIRY_S_MAX = 1.0
+HOLD_ENDS = frozenset({"confirm", "release", "expire"})
 
 
 @dataclass(frozen=True)
@@ -75,11 +92,17 @@ class Op:
     outcome: str = "ok"
     delta: int | None = None
     idempotency_key: str | None = None
+    # Holds: the hold a "hold", "confirm", "release" or "extend" acts on (None for a create
+    # whose answer never came), and the expires_at a create or extend answered, in seconds
+    # on the database's clock (what audit entries' `db_s` are on).
+    hold_id: str | None = None
+    expires_at_s: float | None = None
 
 
 @dataclass(frozen=True)
 class AuditEntry:
-    """One audit log entry (API.md), `at_s` its commit time on the operations' clock if known."""
+    """One audit log entry (API.md), `at_s` its commit time on the operations' clock if known,
+    `db_s` the same moment on the database's clock (the entry's `at`), if known."""
 
     sku: str
     version: int
@@ -87,6 +110,11 @@ class AuditEntry:
     on_hand: int
     idempotency_key: str | None = None
     at_s: float | None = None
+    held_delta: int = 0
+    held: int = 0
+    reason: str | None = None
+    hold_id: str | None = None
+    db_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -151,6 +179,8 @@ def check(
     *,
     strict_reads: bool = False,
     complete_writers: bool = False,
+    holds_settled: bool = False,
+    expiry_s_max: float | None = EXPIRY_S_MAX,
 ) -> Verdict:
     """Check `ops` against the audit log, each rule on its own.
 
@@ -208,7 +238,22 @@ def check(
        the entry committed (any, without commit times). Matched greedily in commit order,
        which is a maximum matching, so the count is exact.
 
-    Holds (held, available) and refused operations are not judged.
+    Holds, from the full audit log (entries with their `held`, `reason` and `hold_id`):
+    13. over_held: sold plus held never exceeds the stock: at every entry 0 ≤ held ≤ on_hand,
+       and held replays (held[v] == held[v-1] + held_delta[v]).
+    14. hold_ends: every hold ends exactly once: each of its SKUs has one `hold` entry and at
+       most one end (`confirm`, `release` or `expire`), all ends of one hold share a reason, and
+       a hold that a recorded "confirm" or "release" acknowledged ended so. With
+       `holds_settled` (the caller let every hold end before reading the audit), each has
+       ended.
+    15. confirm_after_expiry: no confirm commits at or after the hold's expires_at by the
+       database's clock (the newest one a create or extend acknowledged; not judged for a hold
+       with an extend of unknown outcome, or without `db_s`).
+    16. expiry_untimely: an expiry is recorded no sooner than expires_at and at most
+       `expiry_s_max` after it (same sources as 15; None: not judged, as under faults that
+       keep every server from the database, when no expiry can be recorded).
+    Expiry entries are written by no client: each is explained (rule 12) by its hold's entry.
+    Refused operations are not judged.
     """
     ops = list(ops)
     tally = _Tally(keep_max)
@@ -225,6 +270,8 @@ def check(
         skipped.append("stale_vs_audit")
     if not complete_writers:
         skipped.append("unexplained")
+    if expiry_s_max is None:
+        skipped.append("expiry_untimely")
 
     indeterminate = 0
     reads: dict[str, list[_Answer]] = defaultdict(list)
@@ -238,7 +285,7 @@ def check(
         if op.outcome == "refused":
             continue
         if op.outcome == "indeterminate" or op.version is None:
-            if op.kind != "read":
+            if op.kind != "read" and op.kind not in CHANGES_NO_ITEM:
                 unknown[op.sku].append(op.started_s)
             continue
         expected = log.states.get(op.sku, {}).get(op.version)
@@ -255,6 +302,8 @@ def check(
             acks[op.sku].append(op)
 
     _check_audit(log, tally)
+    if log.full:
+        _check_holds(log, ops, holds_settled, expiry_s_max, tally)
     producers: dict[str, dict[int, Op]] = {}
     for sku, sku_acks in acks.items():
         producers[sku] = _check_acks(sku, sku_acks, log, tally)
@@ -351,6 +400,11 @@ class _Log:
                 times[sku] = sku_times
         return times
 
+    def held_before(self, sku: str, version: int) -> int:
+        """held before `version` (0 at the start, or where the log cannot say)."""
+        prev = self.first.get(sku, {}).get(version - 1)
+        return 0 if prev is None else prev.held
+
     def before(self, sku: str, version: int) -> tuple[int, int] | None:
         """(on_hand before `version`, the delta of `version`), None if the log cannot say."""
         states = self.states.get(sku, {})
@@ -399,6 +453,18 @@ def _check_audit(log: _Log, tally: _Tally) -> None:
                     f"on_hand {prev} before it with delta {delta} makes {prev + delta}"
                 )
                 tally.keep(Violation("audit_replay", None, None, detail, entry))
+            held_before = log.held_before(sku, entry.version)
+            wrong = ""
+            if entry.on_hand >= 0 and not 0 <= entry.held <= entry.on_hand:  # else: negative
+                wrong = f"held {entry.held} of on_hand {entry.on_hand}"
+            elif held_before + entry.held_delta != entry.held:
+                wrong = (
+                    f"held {entry.held}, but held {held_before} before it with held_delta "
+                    f"{entry.held_delta} makes {held_before + entry.held_delta}"
+                )
+            if wrong and tally.count("over_held"):
+                detail = f"the audit of {sku}: v{entry.version} has {wrong}"
+                tally.keep(Violation("over_held", None, None, detail, entry))
 
 
 def _check_acks(sku: str, acks: list[Op], log: _Log, tally: _Tally) -> dict[int, Op]:
@@ -442,11 +508,12 @@ def _check_acks(sku: str, acks: list[Op], log: _Log, tally: _Tally) -> dict[int,
         if before is None:
             continue
         prev, delta = before
-        took = delta < 0 and prev + delta >= 0 and (op.on_hand is None or op.on_hand >= 0)
+        available = prev - log.held_before(sku, version)
+        took = delta < 0 and available + delta >= 0 and (op.on_hand is None or op.on_hand >= 0)
         if not took and tally.count("oversold"):
             detail = (
-                f"{_what(op)} succeeded, but the audit has on_hand {prev} before it and "
-                f"delta {delta}"
+                f"{_what(op)} succeeded, but the audit has {available} available before it "
+                f"and delta {delta}"
             )
             tally.keep(Violation("oversold", op, None, detail, entry))
     return producers
@@ -524,10 +591,12 @@ def _check_explained(
     outcome that started before it committed (greedily in commit order: a maximum matching, as
     every write that can explain an entry can explain any later one)."""
     times = commit_at.get(sku, {})
+    first = log.first.get(sku, {})
+    held = {e.hold_id for e in first.values() if e.reason == "hold" and e.hold_id is not None}
     orphans = sorted(
         (times.get(version, math.inf), version)
         for version in log.states[sku]
-        if version not in producers
+        if version not in producers and not _expiry_of(first.get(version), held)
     )
     starts = sorted(unknown_starts)
     index = free = 0
@@ -541,6 +610,96 @@ def _check_explained(
             entry = log.first.get(sku, {}).get(version)
             detail = f"the audit entry of {sku} v{version} was written by no recorded operation"
             tally.keep(Violation("unexplained", None, None, detail, entry))
+
+
+def _expiry_of(entry: AuditEntry | None, held: set[str]) -> bool:
+    """An expiry is written by no client: its hold's own entry (explained in turn) explains it."""
+    return entry is not None and entry.reason == "expire" and entry.hold_id in held
+
+
+def _check_holds(
+    log: _Log, ops: Sequence[Op], settled: bool, expiry_s_max: float | None, tally: _Tally
+) -> None:
+    """hold_ends, confirm_after_expiry and expiry_untimely (rules 14-16)."""
+    starts: dict[tuple[str, str], list[AuditEntry]] = defaultdict(list)
+    ends: dict[tuple[str, str], list[AuditEntry]] = defaultdict(list)
+    for sku, entries in log.entries.items():
+        for entry in entries:
+            if entry.hold_id is None:
+                continue
+            if entry.reason == "hold":
+                starts[entry.hold_id, sku].append(entry)
+            elif entry.reason in HOLD_ENDS:
+                ends[entry.hold_id, sku].append(entry)
+    reasons: dict[str, set[str]] = defaultdict(set)
+    for (hold_id, _sku), found in ends.items():
+        reasons[hold_id].update(str(e.reason) for e in found)
+    for key in sorted({*starts, *ends}):
+        hold_id, sku = key
+        n_starts, n_ends = len(starts.get(key, [])), len(ends.get(key, []))
+        wrong = ""
+        if n_starts != 1:
+            wrong = f"{n_starts} hold entries"
+        elif n_ends > 1 or (settled and n_ends == 0):
+            wrong = f"{n_ends} ends"
+        if wrong and tally.count("hold_ends"):
+            detail = f"hold {hold_id} on {sku} has {wrong}, expected one"
+            example = next(iter(ends.get(key) or starts.get(key) or []), None)
+            tally.keep(Violation("hold_ends", None, None, detail, example))
+    for hold_id, ended_as in sorted(reasons.items()):
+        if len(ended_as) > 1 and tally.count("hold_ends"):
+            detail = f"hold {hold_id} ended as {', '.join(sorted(ended_as))}, not one of them"
+            tally.keep(Violation("hold_ends", None, None, detail))
+    deadlines, unknown = _deadlines(ops)
+    for op in ops:
+        if op.kind not in ("confirm", "release") or op.outcome != "ok" or op.version is None:
+            continue
+        found = ends.get((op.hold_id or "", op.sku), [])
+        if [e.reason for e in found] != [op.kind] and tally.count("hold_ends"):
+            detail = (
+                f"{_what(op)} was acknowledged, but the hold ended as {[e.reason for e in found]}"
+            )
+            tally.keep(Violation("hold_ends", op, None, detail))
+    for (hold_id, _sku), found in ends.items():
+        expires_at = deadlines.get(hold_id)
+        if expires_at is None or hold_id in unknown:
+            continue
+        for entry in found:
+            if entry.db_s is None:
+                continue
+            late_s = entry.db_s - expires_at
+            if entry.reason == "confirm" and late_s >= 0:
+                kind, what = "confirm_after_expiry", "confirmed"
+            elif (
+                entry.reason == "expire"
+                and expiry_s_max is not None
+                and not 0 <= late_s <= expiry_s_max
+            ):
+                kind, what = "expiry_untimely", "expired"
+            else:
+                continue
+            if tally.count(kind):
+                detail = f"hold {hold_id} was {what} {late_s * 1000:.1f} ms after expires_at"
+                tally.keep(Violation(kind, None, None, detail, entry))
+
+
+def _deadlines(ops: Sequence[Op]) -> tuple[dict[str, float], set[str]]:
+    """Each hold's expires_at as the last acknowledged create or extend (by end) set it, and
+    the holds an extend of unknown outcome may have moved."""
+    latest: dict[str, tuple[float, float]] = {}
+    unknown: set[str] = set()
+    for op in ops:
+        if op.hold_id is None or op.kind not in ("hold", "extend"):
+            continue
+        if op.outcome == "indeterminate":
+            unknown.add(op.hold_id)
+        elif (
+            op.outcome == "ok"
+            and op.expires_at_s is not None
+            and (op.hold_id not in latest or latest[op.hold_id][0] <= op.ended_s)
+        ):
+            latest[op.hold_id] = (op.ended_s, op.expires_at_s)
+    return {hold_id: at for hold_id, (_, at) in latest.items()}, unknown
 
 
 def _marks(events: list[_Event], delay_s: float) -> list[_Mark]:

@@ -20,11 +20,12 @@ import secrets
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import aiohttp
 
-from stockkeeper.verify.history import AuditEntry, Op, Verdict, check
+from stockkeeper.verify.history import EXPIRY_S_MAX, AuditEntry, Op, Verdict, check
 
 HOT_SKUS = 4
 COLD_SKUS = 40
@@ -35,6 +36,10 @@ REPLAY_MISMATCH = "replay_mismatch"
 # A keyed write whose outcome is unknown is sent again, as a client that must know would do.
 RETRIES_MAX = 3
 RETRY_WAIT_S = 0.2
+# Holds last 1-2 s, so many expire within a run; after it, every hold verify knows is released,
+# and it waits for the others (a create of unknown outcome) to expire and be recorded.
+HOLD_TTL_S_MAX = 2
+HOLD_SETTLE_S = HOLD_TTL_S_MAX + EXPIRY_S_MAX + 0.5
 
 
 class CannotRun(Exception):
@@ -50,6 +55,8 @@ class VerifyOptions:
     concurrency: int = 16
     hot_skus: int = HOT_SKUS
     cold_skus: int = COLD_SKUS
+    # How late an expiry may be recorded; None under faults that keep servers from the database.
+    expiry_s_max: float | None = EXPIRY_S_MAX
 
 
 @dataclass
@@ -60,6 +67,15 @@ class Report:
     replay_mismatches: list[str]
     skus: list[str]
     seconds: float
+    holds: set[str] = field(default_factory=set)
+
+    def hold_ends(self) -> dict[str, int]:
+        """How the run's holds ended, by the audit: confirm, release or expire."""
+        ended = {(e.hold_id, e.reason) for e in self.entries if e.hold_id and e.reason != "hold"}
+        counts: dict[str, int] = {}
+        for _, reason in ended:
+            counts[str(reason)] = counts.get(str(reason), 0) + 1
+        return counts
 
     @property
     def ok(self) -> bool:
@@ -74,6 +90,7 @@ class _Recorder:
     ops: list[Op] = field(default_factory=list)
     replay_mismatches: list[str] = field(default_factory=list)
     seen: dict[str, int] = field(default_factory=dict)  # the newest version this run saw
+    holds: set[str] = field(default_factory=set)  # every hold a create acknowledged
 
 
 class _Api:
@@ -129,6 +146,7 @@ class _Client:
         self._api, self._rng, self._skus, self._hot, self._rec = api, rng, skus, hot, rec
         self._keys = 0
         self._name = secrets.token_hex(4)
+        self._holds: list[tuple[str, list[str]]] = []  # this client's holds it may still end
 
     def _sku(self) -> str:
         rng = self._rng
@@ -147,20 +165,24 @@ class _Client:
         while not stop.is_set():
             roll, server = rng.random(), rng.randrange(len(self._api.urls))
             try:
-                if roll < 0.40:
+                if roll < 0.36:
                     await self._read(server, self._sku(), min_version=False)
-                elif roll < 0.50:
+                elif roll < 0.45:
                     await self._read(server, self._sku(), min_version=True)
-                elif roll < 0.60:
+                elif roll < 0.53:
                     await self._read_many(server, rng.sample(self._skus, rng.randint(2, 5)))
-                elif roll < 0.80:
+                elif roll < 0.69:
                     await self._change(server, "purchase", self._sku(), rng.randint(1, 3))
-                elif roll < 0.90:
+                elif roll < 0.78:
                     await self._change(server, "restock", self._sku(), rng.randint(1, 5))
-                elif roll < 0.95:
+                elif roll < 0.82:
                     await self._order(server, rng.sample(self._skus[: self._hot], 2))
-                else:
+                elif roll < 0.85:
                     await self._set(server, self._sku(), rng.randint(0, 30))
+                elif roll < 0.92 or not self._holds:
+                    await self._hold(server)
+                else:
+                    await self._end_a_hold(server)
             except (aiohttp.ClientError, TimeoutError):
                 continue  # recorded as indeterminate where it was a write
 
@@ -259,6 +281,89 @@ class _Client:
         payload = {"lines": [{"sku": sku, "quantity": quantity} for sku, quantity in lines]}
         await self._write(server, "POST", "/v1/orders", payload, key, record)
 
+    def _record_hold_change(
+        self, kind: str, hold_id: str | None, server: int, started: float, outcome: str,
+        body: Any, skus: list[str], key: str | None,
+    ) -> None:  # fmt: skip
+        changes = body["changes"] if body is not None else [None] * len(skus)
+        expires_at_s = None if body is None else _db_seconds(body["expires_at"])
+        hold_id = body["id"] if body is not None else hold_id
+        for sku, change in zip(skus, changes, strict=True):
+            self._record(kind, sku, server, started, change, outcome=outcome, idempotency_key=key,
+                         hold_id=hold_id, expires_at_s=expires_at_s)  # fmt: skip
+
+    async def _hold(self, server: int) -> None:
+        rng = self._rng
+        key, started = self._key(), time.monotonic()
+        lines = [
+            (sku, rng.randint(1, 2))
+            for sku in rng.sample(self._skus[: self._hot], rng.randint(1, 2))
+        ]
+        skus = [sku for sku, _ in lines]
+        answers: list[Any] = []
+
+        def record(outcome: str, body: Any) -> None:
+            self._record_hold_change("hold", None, server, started, outcome, body, skus, key)
+            if body is not None:
+                answers.append(body)
+
+        payload = {
+            "lines": [{"sku": sku, "quantity": quantity} for sku, quantity in lines],
+            "ttl_s": rng.randint(1, HOLD_TTL_S_MAX),
+        }
+        await self._write(server, "POST", "/v1/holds", payload, key, record)
+        if answers:
+            self._rec.holds.add(answers[0]["id"])
+            self._holds.append((answers[0]["id"], skus))
+
+    async def _end_a_hold(self, server: int) -> None:
+        """Confirm (whole or in part), release or extend one of this client's holds, or walk
+        away from it (it expires)."""
+        rng = self._rng
+        hold_id, skus = self._holds.pop(rng.randrange(len(self._holds)))
+        roll = rng.random()
+        if roll < 0.2:
+            return  # walked away
+        if roll < 0.35:
+            await self._extend(server, hold_id, skus)
+            return
+        kind = "confirm" if roll < 0.75 else "release"
+        payload = None
+        if kind == "confirm" and rng.random() < 0.3:
+            payload = {"lines": [{"sku": skus[0], "quantity": 1}]}
+        await self.end_hold(server, kind, hold_id, skus, payload)
+
+    async def end_hold(
+        self, server: int, kind: str, hold_id: str, skus: list[str], payload: Any = None
+    ) -> None:
+        key, started = self._key(), time.monotonic()
+
+        def record(outcome: str, body: Any) -> None:
+            self._record_hold_change(kind, hold_id, server, started, outcome, body, skus, key)
+
+        path = f"/v1/holds/{hold_id}" + ("/confirm" if kind == "confirm" else "")
+        method = "POST" if kind == "confirm" else "DELETE"
+        await self._write(server, method, path, payload, key, record)
+
+    async def _extend(self, server: int, hold_id: str, skus: list[str]) -> None:
+        key, started = self._key(), time.monotonic()
+        extended: list[Any] = []
+
+        def record(outcome: str, body: Any) -> None:
+            expires_at_s = None if body is None else _db_seconds(body["expires_at"])
+            self._rec.ops.append(
+                Op("extend", skus[0], server, started, time.monotonic(), None, None,
+                   outcome=outcome, idempotency_key=key, hold_id=hold_id,
+                   expires_at_s=expires_at_s)
+            )  # fmt: skip
+            if body is not None:
+                extended.append(body)
+
+        payload = {"ttl_s": self._rng.randint(1, HOLD_TTL_S_MAX)}
+        await self._write(server, "POST", f"/v1/holds/{hold_id}/extend", payload, key, record)
+        if extended:
+            self._holds.append((hold_id, skus))
+
     async def _set(self, server: int, sku: str, on_hand: int) -> None:
         started = time.monotonic()
 
@@ -280,14 +385,42 @@ async def _audit(api: _Api, sku: str) -> list[AuditEntry]:
         )
         if status != 200:
             raise CannotRun(f"reading the audit log of {sku} answered {status}: {body}")
-        # The audit's times are the database's clock, not this one's: no commit times.
+        # The audit's times are the database's clock, not this one's: no commit times, but
+        # what holds' expiry is judged by (db_s).
         entries += [
-            AuditEntry(sku, e["version"], e["delta"], e["on_hand"], e["idempotency_key"])
+            AuditEntry(
+                sku,
+                e["version"],
+                e["delta"],
+                e["on_hand"],
+                e["idempotency_key"],
+                held_delta=e["held_delta"],
+                held=e["held"],
+                reason=e["reason"],
+                hold_id=e["hold_id"],
+                db_s=_db_seconds(e["at"]),
+            )
             for e in body["entries"]
         ]
         if body["next_after_version"] is None:
             return entries
         after = int(body["next_after_version"])
+
+
+def _db_seconds(stamp: str) -> float:
+    """An API timestamp (the database's clock) in seconds since the epoch."""
+    return datetime.fromisoformat(stamp).timestamp()
+
+
+async def _settle_holds(api: _Api, setup: _Client, rec: _Recorder) -> None:
+    """Release every hold still active (recorded, as any write), then let the ones verify never
+    learnt of (a create of unknown outcome) expire and be recorded."""
+    for n, hold_id in enumerate(sorted(rec.holds)):
+        status, body, _ = await api.call("GET", n % len(api.urls), f"/v1/holds/{hold_id}")
+        if status == 200 and body["state"] == "active":
+            skus = [line["sku"] for line in body["lines"]]
+            await setup.end_hold(n % len(api.urls), "release", hold_id, skus)
+    await asyncio.sleep(HOLD_SETTLE_S)
 
 
 async def verify(
@@ -331,8 +464,15 @@ async def verify(
             if beside is not None:
                 await beside
         seconds = time.monotonic() - started
+        await _settle_holds(api, setup, rec)
         entries = [entry for sku in skus for entry in await _audit(api, sku)]
         for n, sku in enumerate(skus):  # leave them at 0 (not recorded: judged already)
             await api.call("PUT", n % len(api.urls), f"/v1/items/{sku}", json={"on_hand": 0})
-    verdict = check(rec.ops, entries, complete_writers=True)
-    return Report(rec.ops, entries, verdict, rec.replay_mismatches, skus, seconds)
+    verdict = check(
+        rec.ops,
+        entries,
+        complete_writers=True,
+        holds_settled=True,
+        expiry_s_max=options.expiry_s_max,
+    )
+    return Report(rec.ops, entries, verdict, rec.replay_mismatches, skus, seconds, rec.holds)
