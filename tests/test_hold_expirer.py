@@ -7,8 +7,12 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 
+import pytest
+
 from stockkeeper import metrics
 from stockkeeper.domain import Item, OrderLine, Reason
+from stockkeeper.hold_expirer import ExpirerOptions
+from stockkeeper.http.app import settings_from_environment
 from stockkeeper.service import Inventory
 from tests.eventually import eventually
 from tests.store.test_hold_writes import USER, make_overdue, recorded_state
@@ -82,3 +86,18 @@ async def _lags(database_url: str, hold_id: str) -> list[tuple[float]]:
             f"WHERE id = '{hold_id}'"
         )
     return [(float(row[0]),) for row in await raw(database_url, sql)]
+
+
+@pytest.mark.parametrize("poll_ms", [0, -5, 801])
+def test_a_poll_interval_that_could_miss_the_second_is_refused(poll_ms: float) -> None:
+    with pytest.raises(ValueError, match="poll_ms must be 1-800"):
+        ExpirerOptions(poll_ms=poll_ms)
+
+
+def test_the_servers_poll_interval_comes_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("STOCKKEEPER_HOLD_EXPIRY_POLL_MS", "50")
+    assert settings_from_environment().expirer == ExpirerOptions(poll_ms=50)
+    monkeypatch.delenv("STOCKKEEPER_HOLD_EXPIRY_POLL_MS")
+    assert settings_from_environment().expirer == ExpirerOptions()

@@ -28,6 +28,11 @@ class ExpirerOptions:
     batch_max: int = 100  # holds per transaction: bounds its locks and its time
     batches_per_round_max: int = 50  # then the next round, after a pause: never a hot loop
 
+    def __post_init__(self) -> None:
+        if not 1 <= self.poll_ms <= 800:
+            # Past 800 ms a round could not record an expiry within the promised second.
+            raise ValueError(f"hold expiry poll_ms must be 1-800, not {self.poll_ms:g}")
+
 
 class HoldExpirer:
     def __init__(

@@ -12,7 +12,7 @@ import os
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from stockkeeper import failpoints, metrics
@@ -30,6 +30,7 @@ from stockkeeper.domain import (
     Unauthenticated,
     Unavailable,
 )
+from stockkeeper.hold_expirer import ExpirerOptions
 from stockkeeper.holds import HoldReceipt
 from stockkeeper.http.cors import DOCS_CORS_ENV_VAR, DOCS_CORS_OFF, DocsCors, parse_origins
 from stockkeeper.http.messages import (
@@ -429,6 +430,7 @@ class Settings:
     redis_options: RedisCacheOptions
     in_flight_max: int = IN_FLIGHT_MAX
     docs_cors: DocsCors = DOCS_CORS_OFF
+    expirer: ExpirerOptions = field(default_factory=ExpirerOptions)
 
 
 def settings_from_environment() -> Settings:
@@ -452,6 +454,9 @@ def settings_from_environment() -> Settings:
         ),
         in_flight_max=int(os.environ.get("STOCKKEEPER_IN_FLIGHT_MAX", str(IN_FLIGHT_MAX))),
         docs_cors=DocsCors(parse_origins(os.environ.get(DOCS_CORS_ENV_VAR, ""))),
+        expirer=ExpirerOptions(
+            poll_ms=float(os.environ.get("STOCKKEEPER_HOLD_EXPIRY_POLL_MS", "200")),
+        ),
     )
 
 
@@ -473,6 +478,7 @@ def create_app() -> App:
             settings.store_options,
             cache_url=settings.cache_url,
             redis_options=settings.redis_options,
+            expirer=settings.expirer,
         )
 
     return App(open_inventory, settings.in_flight_max, settings.docs_cors)
