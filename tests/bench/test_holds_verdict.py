@@ -3,11 +3,12 @@ is named (so the benchmark can fail)."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import pytest
 
-from stockkeeper.bench.holds import CONFIRMED, HELD, SHORT, Cart, verdict
+from stockkeeper.bench.holds import CONFIRMED, HELD, SHORT, TOO_LATE, Cart, verdict
 
 T0 = "2026-12-02T10:00:00.000000Z"
 
@@ -63,6 +64,22 @@ def test_a_correct_run_passes_and_measures_the_walk_aways_lag() -> None:
     assert lags == [pytest.approx(0.2)]
 
 
+def answered(seconds: float) -> datetime:
+    return datetime.fromisoformat(at(seconds))
+
+
+def test_a_confirm_answered_too_late_after_expires_at_is_a_walk_away() -> None:
+    carts, audit, served = run()
+    carts[1].confirm, carts[1].confirm_s, carts[1].confirm_answered_at = (
+        TOO_LATE,
+        1.1,
+        answered(1.1),
+    )
+    problems, lags = verdict(2, carts, audit, served)
+    assert problems == []
+    assert lags == [pytest.approx(0.2)]
+
+
 def _broken(kind: str) -> tuple[list[Cart], list[dict[str, Any]], list[dict[str, Any]]]:
     carts, audit, served = run()
     if kind == "late-expiry":
@@ -79,6 +96,8 @@ def _broken(kind: str) -> tuple[list[Cart], list[dict[str, Any]], list[dict[str,
         served[0]["held"] = 1
     elif kind == "unacknowledged-hold":
         carts[1].hold = SHORT
+    elif kind == "refused-as-expired-early":
+        carts[1].confirm, carts[1].confirm_answered_at = TOO_LATE, answered(0.9)
     return carts, audit, served
 
 
@@ -91,6 +110,7 @@ def _broken(kind: str) -> tuple[list[Cart], list[dict[str, Any]], list[dict[str,
         "over-held",
         "still-served-held",
         "unacknowledged-hold",
+        "refused-as-expired-early",
     ],
 )
 def test_each_way_a_run_breaks_is_named(kind: str) -> None:

@@ -5,6 +5,7 @@ The naive variants replace one step of the product's own hold algorithm (a seam 
 transaction's steps), so everything else about them is the product's:
 - a hold read without its lock: two releases, or a release and a confirm, both apply;
 - the clock read before the wait for the hold's lock: a confirm lands after expires_at;
+- a new hold's clock read before the wait for its item's lock: its ttl_s is cut by the wait;
 - an expirer that locks nothing: two servers' expirers both expire one hold;
 - an expirer whose statements each commit alone: killed mid-batch, it leaves held changed
   without its audit entry;
@@ -28,7 +29,7 @@ from stockkeeper.service import Inventory
 from stockkeeper.store.expiry import expire_batch
 from stockkeeper.store.hold_writes import apply_hold_write
 from stockkeeper.store.postgres import PostgresStore, _PgStatements, _PgTx
-from stockkeeper.store.sql_tx import HoldRow
+from stockkeeper.store.sql_tx import HoldRow, SetAside
 from stockkeeper.store.writes import apply_write
 from tests.holds import held
 from tests.store.test_hold_writes import USER, make_overdue, recorded_state
@@ -56,6 +57,14 @@ class _ClockBeforeLock(_PgTx):
 
     async def now(self) -> datetime:
         return self._asked_at if self._asked_at is not None else await super().now()
+
+
+class _HoldClockBeforeItemLock(_PgTx):
+    """Starts a new hold's ttl_s when it asked for the item's row, not when it got it."""
+
+    async def set_aside_line(self, sku: str, quantity: int) -> SetAside:
+        asked_at = await self.now()
+        return (await super().set_aside_line(sku, quantity))._replace(now=asked_at)
 
 
 class _ExpirerWithoutLocks(_PgTx):
@@ -165,6 +174,34 @@ async def test_a_hold_ends_once_when_a_release_races_another_end(
     assert isinstance(outcome[0], HoldClosed) and outcome[0].state is HoldState.RELEASED
     assert drift == []
     assert await first_server.get_stock("A") == Item("A", 10, 4, 3)
+    await assert_audit_replays(first_server, "A")
+
+
+@pytest.mark.parametrize("naive", [False, True], ids=["clock-after-lock", "naive-clock-before"])
+async def test_a_new_holds_ttl_runs_from_when_it_won_the_items_lock(
+    inventories: Callable[..., Awaitable[Inventory]], naive: bool
+) -> None:
+    """A release holds A's row at its last failpoint; a new hold of A on another server waits
+    for the row. Its ttl_s must start once it has the row: a shopper's hold is never shorter
+    than asked for because other checkouts queued on the item."""
+    first_server = await inventories()
+    second_server = await inventories(_HoldClockBeforeItemLock if naive else None)
+    (target,) = await stock_and_hold(first_server, 3)
+    async with held("store.hold.before_commit") as locked:
+        releasing = asyncio.create_task(first_server.release(target, user=USER))
+        await locked.reached()
+        holding = asyncio.create_task(second_server.hold([OrderLine("A", 2)], 60, user=USER))
+        blocked = await still_blocked(holding)
+        row_free_at = datetime.now(UTC)
+        locked.release()
+        await releasing
+        hold = (await holding).hold
+    assert blocked, "the new hold must wait for A's row"
+    started_late_s = (row_free_at - (hold.expires_at - timedelta(seconds=60))).total_seconds()
+    if naive:
+        assert started_late_s >= BLOCKED_S * 0.9, "the naive clock starts before the wait"
+        return
+    assert started_late_s <= 0.05, f"ttl_s started {started_late_s:.3f} s before the row was won"
     await assert_audit_replays(first_server, "A")
 
 

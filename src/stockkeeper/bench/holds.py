@@ -7,7 +7,10 @@ servers.
 CORRECT means: no unit made or lost (sold + on_hand = S, and every confirm acknowledged is one
 confirm entry in the audit); held never above on_hand at any version; every hold ended exactly
 once (a confirm, or an expiry for a walk-away) and every walk-away's expiry was recorded within
-1 s of its expires_at; nothing held at the end, and every server serving that.
+1 s of its expires_at; nothing held at the end, and every server serving that. A confirm that
+arrives too late is answered `409 hold_expired` and its cart counts as a walk-away, but only if
+the answer came after the hold's expires_at (this machine's clock against the servers': with
+--url, their clocks must agree).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import uuid
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TextIO
 
 from stockkeeper.bench.oversell import (
@@ -38,6 +41,7 @@ if TYPE_CHECKING:
 HELD = "201"
 CONFIRMED = "200"
 SHORT = "409 insufficient_stock"
+TOO_LATE = "409 hold_expired"
 EXPIRY_S_MAX = 1.0  # shared/API.md: an expiry is recorded within 1 s of expires_at
 SETTLE_S_MAX = 10.0  # after the storm, how long the last walk-aways may take to be recorded
 
@@ -52,6 +56,7 @@ class Cart:
     expires_at: str | None = None
     confirm: str | None = None  # outcome key of the confirm, if the cart confirmed
     confirm_s: float | None = None
+    confirm_answered_at: datetime | None = None  # this machine's clock, when the answer came
 
 
 @dataclass
@@ -101,6 +106,12 @@ def _at(text: str) -> datetime:
     return datetime.fromisoformat(text)
 
 
+def _answered_after_expiry(cart: Cart) -> bool:
+    if cart.confirm_answered_at is None or cart.expires_at is None:
+        return False
+    return cart.confirm_answered_at >= _at(cart.expires_at)
+
+
 def verdict(
     stock: int,
     carts: Sequence[Cart],
@@ -112,10 +123,15 @@ def verdict(
     holds = {c.hold_id: c for c in carts if c.hold == HELD and c.hold_id is not None}
     confirmed = {c.hold_id for c in holds.values() if c.confirm == CONFIRMED}
     odd = Counter(c.hold for c in carts if c.hold not in (HELD, SHORT))
-    odd.update(c.confirm for c in carts if c.confirm not in (None, CONFIRMED))
+    odd.update(c.confirm for c in carts if c.confirm not in (None, CONFIRMED, TOO_LATE))
     if odd:
         problems.append(f"answers other than held, confirmed or short: {dict(sorted(odd.items()))}")
-
+    for cart in holds.values():
+        if cart.confirm == TOO_LATE and not _answered_after_expiry(cart):
+            problems.append(
+                f"hold {cart.hold_id}: confirm answered {TOO_LATE} at {cart.confirm_answered_at}, "
+                f"before its expires_at {cart.expires_at}"
+            )
     problems += _replay_problems(stock, audit)
     ends: dict[str, list[Mapping[str, Any]]] = {}
     created: Counter[str] = Counter()
@@ -229,6 +245,7 @@ async def _cart(
             session, "POST", f"{url}/v1/holds/{cart.hold_id}/confirm", token
         )
         cart.confirm_s = time.perf_counter() - started
+        cart.confirm_answered_at = datetime.now(UTC)
         cart.confirm = outcome_key(status, body)
     return cart
 

@@ -9,7 +9,7 @@ database's clock read after its lock is held, never before a wait for it.
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import orjson
 
@@ -68,13 +68,8 @@ async def _create(tx: SqlTx, op: HoldWrite, expire_first: bool) -> HoldReceipt:
     assert op.lines, "a hold has lines"
     skus = [line.sku for line in op.lines]
     expired = await expire_due_on(tx, skus) if expire_first else ()
-    now = await tx.now()
-    try:
-        rows = await _set_aside(tx, [(line.sku, line.quantity) for line in op.lines])
-    except InsufficientStock:
-        if not expire_first and await tx.any_due(skus, await tx.now()):
-            raise ExpireFirst() from None
-        raise
+    wanted = [(line.sku, line.quantity) for line in op.lines]
+    rows, now = await _set_aside(tx, wanted, may_expire=not expire_first)
     lines = tuple(HoldLine(line.sku, line.quantity) for line in op.lines)
     hold = HoldRow(
         op.hold_id,
@@ -86,28 +81,38 @@ async def _create(tx: SqlTx, op: HoldWrite, expire_first: bool) -> HoldReceipt:
     )
     await tx.insert_hold(hold, now)
     write = Write(Reason.HOLD, (), op.user, op.on_behalf_of, op.idempotency_key)
-    changes = await tx.audited(write, rows, op.hold_id)
+    changes = await tx.audited(write, rows, op.hold_id, now)
     return HoldReceipt(Hold(hold.id, hold.state, hold.expires_at, lines, changes), expired=expired)
 
 
-async def _set_aside(tx: SqlTx, wanted: list[tuple[str, int]]) -> list[Applied]:
-    """Hold every (sku, quantity) line, or refuse the lot; in request order."""
+async def _set_aside(
+    tx: SqlTx, wanted: list[tuple[str, int]], *, may_expire: bool
+) -> tuple[list[Applied], datetime]:
+    """Hold every (sku, quantity) line, or refuse the lot (ExpireFirst, if it `may_expire`
+    and an overdue hold on them may hold what is missing); in request order, with the clock
+    read once every item lock is held: ttl_s runs from there, not from before a lock wait."""
     if len(wanted) == 1:
         ((sku, quantity),) = wanted
-        item = await tx.set_aside(sku, quantity)
-        if item is None:
-            available = await tx.available(sku)
-            if available is None:
-                raise UnknownSku(sku)
-            raise InsufficientStock([Shortage(sku, quantity, available)], is_order=True)
-        return [Applied(item, 0, quantity)]
-    await lock_enough(tx, wanted)
+        taken = await tx.set_aside_line(sku, quantity)
+        if taken.item is not None:
+            return [Applied(taken.item, 0, quantity)], taken.now
+        if taken.due and may_expire:
+            raise ExpireFirst()
+        if taken.available is None:
+            raise UnknownSku(sku)
+        raise InsufficientStock([Shortage(sku, quantity, taken.available)], is_order=True)
+    try:
+        await lock_enough(tx, wanted)
+    except InsufficientStock:
+        if may_expire and await tx.any_due([sku for sku, _ in wanted], await tx.now()):
+            raise ExpireFirst() from None
+        raise
     after = {}
     for sku, quantity in sorted(wanted):
         item = await tx.set_aside(sku, quantity)
         assert item is not None, "the row is locked and was checked: the hold must apply"
         after[sku] = item
-    return [Applied(after[sku], 0, quantity) for sku, quantity in wanted]
+    return [Applied(after[sku], 0, quantity) for sku, quantity in wanted], await tx.now()
 
 
 async def _act(tx: SqlTx, op: HoldWrite) -> HoldReceipt:

@@ -56,7 +56,7 @@ from stockkeeper.store.expiry import expire_batch
 from stockkeeper.store.hold_writes import apply_hold_write, read_hold
 from stockkeeper.store.protocol import HeldDrift, LocalView, ReadModeView, StoreOptions
 from stockkeeper.store.rows import AUDIT_COLUMNS, PURGED_NODE_KEY, audit_entry
-from stockkeeper.store.sql_tx import HELD_DRIFT, Applied, Row, SqlTx
+from stockkeeper.store.sql_tx import HELD_DRIFT, Applied, Row, SetAside, SqlTx
 from stockkeeper.store.token_sql import (
     BUMP_TOKEN_GENERATION,
     LIVE_TOKENS,
@@ -363,6 +363,45 @@ class _PgTx(SqlTx):
         ids = {(record["sku"], record["version"]): record["id"] for record in records}
         return [ids[row.item.sku, row.item.version] for row in rows]
 
+    async def set_aside_line(self, sku: str, quantity: int) -> SetAside:
+        row = await self.db.first(_SET_ASIDE_LINE, sku, quantity)
+        assert row is not None, "the statement returns exactly one row"
+        if row["version"] is not None:
+            item = Item(sku, row["on_hand"], row["version"], row["held"])
+            return SetAside(item, None, False, row["now"])
+        available = row["seen"]
+        if available is not None and available >= quantity:
+            # Enough in the statement's snapshot, yet refused: a concurrent hold or purchase
+            # won the row first, and the UPDATE re-checked its newer version.
+            available = await self.available(sku)
+        return SetAside(None, available, row["due"], row["now"])
+
+
+# Whether an active hold on SKU $1 is past its expires_at (then a refusal runs again, first
+# expiring it): the statement's own clock, read after its UPDATE won or gave up the row.
+_OVERDUE_ON_SKU = """EXISTS (
+    SELECT 1 FROM holds AS h JOIN hold_lines AS l ON l.hold_id = h.id
+    WHERE h.state = 'active' AND h.expires_at <= clock_timestamp() AND l.sku = $1
+)"""
+
+# A one-line hold's conditional write and, on a refusal, what its caller needs next, in one
+# round trip (the refusals of a checkout storm are most of its requests): `seen` is available
+# in the statement's snapshot, `due` says an overdue hold still holds some of the SKU's stock,
+# and `now` is read after the UPDATE has won, or given up, the row.
+_SET_ASIDE_LINE = f"""
+    WITH changed AS (
+        UPDATE items SET held = held + $2, version = version + 1
+        WHERE sku = $1 AND on_hand - held >= $2
+        RETURNING on_hand, version, held, clock_timestamp() AS now
+    )
+    SELECT c.on_hand, c.version, c.held, coalesce(c.now, clock_timestamp()) AS now,
+        i.on_hand - i.held AS seen,
+        c.version IS NULL AND {_OVERDUE_ON_SKU} AS due
+    FROM (SELECT 1) AS one
+    LEFT JOIN changed AS c ON true
+    LEFT JOIN items AS i ON i.sku = $1
+"""
+
 
 def _tx(conn: asyncpg.Connection) -> _PgTx:
     return _PgTx(_PgStatements(conn))
@@ -434,7 +473,7 @@ def _feed_entry(row: asyncpg.Record) -> FeedEntry:
 # and a refusal changes nothing, so it needs no transaction at all. `seen` is on_hand in the
 # statement's snapshot, for the refusal's message; `due`, on a refusal, says an overdue hold
 # still holds some of the SKU's stock (then the write runs again, expiring it first).
-_ADJUST = """
+_ADJUST = f"""
     WITH changed AS (
         UPDATE items SET on_hand = on_hand + $2, version = version + 1
         WHERE sku = $1 AND on_hand - held + $2 >= 0 AND on_hand + $2 <= $3
@@ -449,10 +488,7 @@ _ADJUST = """
         RETURNING id
     )
     SELECT c.on_hand, c.version, c.held, a.id AS audit_id, i.on_hand - i.held AS seen,
-        c.sku IS NULL AND EXISTS (
-            SELECT 1 FROM holds AS h JOIN hold_lines AS l ON l.hold_id = h.id
-            WHERE h.state = 'active' AND h.expires_at <= clock_timestamp() AND l.sku = $1
-        ) AS due
+        c.sku IS NULL AND {_OVERDUE_ON_SKU} AS due
     FROM (SELECT 1) AS one
     LEFT JOIN changed AS c ON true
     LEFT JOIN audited AS a ON true
