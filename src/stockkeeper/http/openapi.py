@@ -12,7 +12,7 @@ a proxy too), and stays one constant, with nothing taken from a request's Host h
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from importlib import metadata
 from typing import Any
 
@@ -128,7 +128,11 @@ _AVAILABLE = _integer(
 _HELD_DELTA = {"type": "integer", "description": "held after minus before"}
 _STRING: Schema = {"type": "string"}
 _HOLD_STATE: Schema = {"enum": [state.value for state in HoldState]}
-_TTL = {**_integer(1, TTL_S_MAX, "seconds from now, by the database's clock"), "default": 600}
+_AS_INTEGER = "Written as a JSON integer: 5.0 or 5e0 are rejected."
+_TTL = {
+    **_integer(1, TTL_S_MAX, f"Seconds from now, by the database's clock. {_AS_INTEGER}"),
+    "default": 600,
+}
 
 SCHEMAS: dict[str, Schema] = {
     "Sku": {
@@ -136,7 +140,7 @@ SCHEMAS: dict[str, Schema] = {
         "pattern": SKU_PATTERN,
         "description": "1-64 characters of A-Z a-z 0-9 . _ -",
     },
-    "Quantity": _integer(1, QUANTITY_MAX, "Written as a JSON integer: 5.0 or 5e0 are rejected."),
+    "Quantity": _integer(1, QUANTITY_MAX, _AS_INTEGER),
     "Version": _integer(1, VERSION_MAX, "1 at creation, +1 with every committed change."),
     "Text": {
         "type": "string",
@@ -204,7 +208,7 @@ SCHEMAS: dict[str, Schema] = {
         {"items": _array(_schema("Item"), 0, READ_MANY_MAX), "unknown": _array(_SKU)},
         description="Found items in the request's order, and the SKUs that name no item.",
     ),
-    "SetStock": _object({"on_hand": _integer(0, ON_HAND_MAX)}),
+    "SetStock": _object({"on_hand": _integer(0, ON_HAND_MAX, _AS_INTEGER)}),
     "Purchase": _object(
         {"quantity": _QUANTITY, "on_behalf_of": _nullable(_TEXT)}, required=["quantity"]
     ),
@@ -453,7 +457,7 @@ def _operation(
     role: Role | None,
     success: Mapping[str, Schema],
     codes: Iterable[str] = (),
-    parameters: Iterable[str] = (),
+    parameters: Sequence[str] = (),
     body: str | None = None,
     refined: Mapping[str, Schema] | None = None,
     body_required: bool = True,
@@ -469,6 +473,8 @@ def _operation(
             "content": _content(_schema(body)),
         }
         all_codes[:0] = BODY_CODES
+    if "IdempotencyKey" in parameters and "invalid_request" not in all_codes:
+        all_codes.insert(0, "invalid_request")  # a malformed Idempotency-Key header
     if role is not None:
         operation["security"] = [{BEARER: []}]
         operation["x-required-role"] = role.name.lower()
