@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stockkeeper.bench.cluster import STOCKKEEPER
+from stockkeeper.store.postgres import PostgresStore
+from stockkeeper.store.protocol import HeldDrift
 from stockkeeper.verify.history import AuditEntry, Op, Violation, check
 from stockkeeper.verify.run import Report, VerifyOptions, verify
 from tests.stress.cluster import stress_cluster
@@ -57,10 +59,12 @@ class StressResult:
     fired: list[Fired]
     skipped: list[Fault]  # planned, but their resource was busy until the fault window ended
     history: Path | None = None  # written when the run failed
+    # `held` against the sum of the open holds' lines, recomputed after the run settled
+    held_drift: list[HeldDrift] = dataclasses.field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return self.report.ok
+        return self.report.ok and not self.held_drift
 
     def fault_counts(self) -> dict[str, int]:
         fired = {kind: 0 for kind in KINDS}
@@ -103,10 +107,22 @@ async def run_stress(
                 say(f"  {elapsed_s:5.0f} s  {ops:>9,} operations  {len(injector.fired)} faults")
 
         report = await verify(verify_options, progress, faults_beside)
+        drift = await held_drift(cluster.database_url)
     result = StressResult(options, report, faults, injector.fired, injector.skipped)
+    result.held_drift = drift
     if not result.ok:
         result.history = write_history(result)
     return result
+
+
+async def held_drift(database_url: str) -> list[HeldDrift]:
+    """Medusa's drift (#15397): every item's `held` recomputed from the open holds, straight
+    from the database once the run has settled."""
+    store = await PostgresStore.connect(database_url)
+    try:
+        return await store.held_drift()
+    finally:
+        await store.close()
 
 
 def write_history(result: StressResult) -> Path:
@@ -165,6 +181,7 @@ def describe_failure(result: StressResult) -> str:
         f"history: {result.history}",
     ]
     lines += [f"  replay mismatch: {m}" for m in report.replay_mismatches[:5]]
+    lines += [f"  held drift: {drift}" for drift in result.held_drift[:5]]
     shown: set[str] = set()
     for violation in report.verdict.examples:
         if violation.kind in shown:
@@ -203,6 +220,7 @@ def summary(result: StressResult, elapsed_s: float) -> str:
         + f" ({sum(counts.values())} of {len(result.planned)} planned, "
         f"{len(result.skipped)} skipped: their resource was busy until the window ended)",
         "rules: " + ", ".join(f"{kind} {n}" for kind, n in report.counts().items()),
+        f"held drift (held against the open holds, after settling): {len(result.held_drift)} items",
         "verdict: " + ("CORRECT" if result.ok else "WRONG"),
     ]
     lines += [f"fault not applied: {error}" for error in result.fault_errors()]

@@ -43,6 +43,8 @@ async def test_a_seeded_stress_run_under_every_fault_kind_breaks_no_rule(tmp_pat
     assert result.fault_errors() == []
     assert all(result.fault_counts().values()), result.fault_counts()
     assert result.ok
+    assert result.held_drift == []
+    assert result.report.holds, "the run held stock"
     assert len(result.report.ops) > 2_000
     answered = [op for op in result.report.ops if op.version is not None]
     assert len(answered) > len(result.report.ops) / 2, "most operations got an answer"
