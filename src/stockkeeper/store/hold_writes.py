@@ -10,6 +10,7 @@ database's clock read after its lock is held, never before a wait for it.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import NoReturn
 
 import orjson
 
@@ -94,13 +95,9 @@ async def _set_aside(
     if len(wanted) == 1:
         ((sku, quantity),) = wanted
         taken = await tx.set_aside_line(sku, quantity)
-        if taken.item is not None:
-            return [Applied(taken.item, 0, quantity)], taken.now
-        if taken.due and may_expire:
-            raise ExpireFirst()
-        if taken.available is None:
-            raise UnknownSku(sku)
-        raise InsufficientStock([Shortage(sku, quantity, taken.available)], is_order=True)
+        if taken.item is None:
+            refuse_hold_line(sku, quantity, taken.available, taken.due and may_expire)
+        return [Applied(taken.item, 0, quantity)], taken.now
     try:
         await lock_enough(tx, wanted)
     except InsufficientStock:
@@ -113,6 +110,16 @@ async def _set_aside(
         assert item is not None, "the row is locked and was checked: the hold must apply"
         after[sku] = item
     return [Applied(after[sku], 0, quantity) for sku, quantity in wanted], await tx.now()
+
+
+def refuse_hold_line(sku: str, quantity: int, available: int | None, expire: bool) -> NoReturn:
+    """Why a one-line hold did not apply, given what was available (None: no item); or run it
+    again expiring first, if an overdue hold on the SKU may hold what is missing."""
+    if expire:
+        raise ExpireFirst()
+    if available is None:
+        raise UnknownSku(sku)
+    raise InsufficientStock([Shortage(sku, quantity, available)], is_order=True)
 
 
 async def _act(tx: SqlTx, op: HoldWrite) -> HoldReceipt:

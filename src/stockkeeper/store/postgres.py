@@ -49,14 +49,14 @@ from stockkeeper.domain import (
     Unavailable,
     Write,
 )
-from stockkeeper.holds import Hold, HoldReceipt, HoldWrite
+from stockkeeper.holds import Hold, HoldAction, HoldLine, HoldReceipt, HoldState, HoldWrite
 from stockkeeper.retry import retrying
 from stockkeeper.store import display_url, read_mode_sql
 from stockkeeper.store.expiry import expire_batch
-from stockkeeper.store.hold_writes import apply_hold_write, read_hold
+from stockkeeper.store.hold_writes import apply_hold_write, read_hold, refuse_hold_line
 from stockkeeper.store.protocol import HeldDrift, LocalView, ReadModeView, StoreOptions
 from stockkeeper.store.rows import AUDIT_COLUMNS, PURGED_NODE_KEY, audit_entry
-from stockkeeper.store.sql_tx import HELD_DRIFT, Applied, Row, SetAside, SqlTx
+from stockkeeper.store.sql_tx import HELD_DRIFT, Applied, Row, SqlTx
 from stockkeeper.store.token_sql import (
     BUMP_TOKEN_GENERATION,
     LIVE_TOKENS,
@@ -363,19 +363,6 @@ class _PgTx(SqlTx):
         ids = {(record["sku"], record["version"]): record["id"] for record in records}
         return [ids[row.item.sku, row.item.version] for row in rows]
 
-    async def set_aside_line(self, sku: str, quantity: int) -> SetAside:
-        row = await self.db.first(_SET_ASIDE_LINE, sku, quantity)
-        assert row is not None, "the statement returns exactly one row"
-        if row["version"] is not None:
-            item = Item(sku, row["on_hand"], row["version"], row["held"])
-            return SetAside(item, None, False, row["now"])
-        available = row["seen"]
-        if available is not None and available >= quantity:
-            # Enough in the statement's snapshot, yet refused: a concurrent hold or purchase
-            # won the row first, and the UPDATE re-checked its newer version.
-            available = await self.available(sku)
-        return SetAside(None, available, row["due"], row["now"])
-
 
 # Whether an active hold on SKU $1 is past its expires_at (then a refusal runs again, first
 # expiring it): the statement's own clock, read after its UPDATE won or gave up the row.
@@ -384,23 +371,72 @@ _OVERDUE_ON_SKU = """EXISTS (
     WHERE h.state = 'active' AND h.expires_at <= clock_timestamp() AND l.sku = $1
 )"""
 
-# A one-line hold's conditional write and, on a refusal, what its caller needs next, in one
-# round trip (the refusals of a checkout storm are most of its requests): `seen` is available
-# in the statement's snapshot, `due` says an overdue hold still holds some of the SKU's stock,
-# and `now` is read after the UPDATE has won, or given up, the row.
-_SET_ASIDE_LINE = f"""
+# A one-line hold without an idempotency key, in one statement and one round trip, as a
+# purchase (_ADJUST): the conditional write on `available`, the hold, its line and its audit
+# entry commit together, and a refusal changes nothing. `now` is read after the UPDATE won the
+# row, so ttl_s never includes a wait for it; `seen` and `due` as in _ADJUST.
+_HOLD_ONE_LINE = f"""
     WITH changed AS (
         UPDATE items SET held = held + $2, version = version + 1
         WHERE sku = $1 AND on_hand - held >= $2
-        RETURNING on_hand, version, held, clock_timestamp() AS now
+        AND set_config('synchronous_commit', 'on', true) IS NOT NULL
+        AND set_config('lock_timeout', $7, true) IS NOT NULL
+        RETURNING sku, on_hand, version, held, clock_timestamp() AS now
+    ), hold AS (
+        INSERT INTO holds (id, user_name, on_behalf_of, state, created_at, expires_at)
+        SELECT $3, $4, $5, 'active', now, now + make_interval(secs => $6) FROM changed
+        RETURNING expires_at
+    ), line AS (
+        INSERT INTO hold_lines (hold_id, line, sku, quantity) SELECT $3, 1, sku, $2 FROM changed
+    ), audited AS (
+        INSERT INTO audit (sku, version, delta, on_hand, held_delta, held, user_name,
+            on_behalf_of, reason, hold_id, at)
+        SELECT sku, version, 0, on_hand, $2, held, $4, $5, 'hold', $3, now FROM changed
+        RETURNING id
     )
-    SELECT c.on_hand, c.version, c.held, coalesce(c.now, clock_timestamp()) AS now,
-        i.on_hand - i.held AS seen,
-        c.version IS NULL AND {_OVERDUE_ON_SKU} AS due
+    SELECT c.on_hand, c.version, c.held, h.expires_at, a.id AS audit_id,
+        i.on_hand - i.held AS seen, c.sku IS NULL AND {_OVERDUE_ON_SKU} AS due
     FROM (SELECT 1) AS one
     LEFT JOIN changed AS c ON true
+    LEFT JOIN hold AS h ON true
+    LEFT JOIN audited AS a ON true
     LEFT JOIN items AS i ON i.sku = $1
 """
+
+
+async def _hold_in_one_statement(
+    conn: asyncpg.Connection, op: HoldWrite, lock_timeout: str
+) -> HoldReceipt:
+    assert op.lines is not None, "a new hold has lines"
+    (line,) = op.lines
+    row = await conn.fetchrow(
+        _HOLD_ONE_LINE,
+        line.sku,
+        line.quantity,
+        op.hold_id,
+        op.user,
+        op.on_behalf_of,
+        float(op.ttl_s),
+        lock_timeout,
+    )
+    assert row is not None, "the statement returns exactly one row"
+    if row["version"] is None:
+        available = row["seen"]
+        if available is not None and available >= line.quantity:
+            # Enough in the statement's snapshot, yet refused: a concurrent change won the row
+            # first, and the UPDATE re-checked its newer version. Say what is there now.
+            available = await _available_now(conn, line.sku)
+        refuse_hold_line(line.sku, line.quantity, available, row["due"])
+    change = Change(
+        line.sku, 0, row["on_hand"], row["version"], row["audit_id"], line.quantity, row["held"]
+    )
+    lines = (HoldLine(line.sku, line.quantity),)
+    return HoldReceipt(Hold(op.hold_id, HoldState.ACTIVE, row["expires_at"], lines, (change,)))
+
+
+async def _available_now(conn: asyncpg.Connection, sku: str) -> int | None:
+    value: int | None = await conn.fetchval("SELECT on_hand - held FROM items WHERE sku = $1", sku)
+    return value
 
 
 def _tx(conn: asyncpg.Connection) -> _PgTx:
@@ -521,7 +557,7 @@ async def _adjust_in_one_statement(
     if available is not None and line.delta < 0 and available >= -line.delta:
         # Enough in our snapshot, yet refused: a concurrent change won the row first, and the
         # UPDATE re-checked its newer version. Say what is there now.
-        available = await conn.fetchval("SELECT on_hand - held FROM items WHERE sku = $1", line.sku)
+        available = await _available_now(conn, line.sku)
     refuse(line, available, is_order=False)
 
 
@@ -703,6 +739,17 @@ class PostgresStore:
         )
 
     async def write_hold(self, op: HoldWrite) -> HoldReceipt:
+        one_line = op.lines is not None and len(op.lines) == 1
+        if op.action is HoldAction.CREATE and op.idempotency_key is None and one_line:
+            try:
+                return await self._run(
+                    lambda conn: _hold_in_one_statement(conn, op, self._lock_timeout),
+                    commits=True,
+                )
+            except ExpireFirst:
+                return await self._in_tx(
+                    lambda conn: apply_hold_write(_tx(conn), op, expire_first=True)
+                )
         return await self._with_expiry(
             lambda conn, first: apply_hold_write(_tx(conn), op, expire_first=first)
         )
