@@ -27,6 +27,15 @@ from stockkeeper.domain import (
     Unavailable,
     UnknownSku,
 )
+from stockkeeper.holds import (
+    Hold,
+    HoldClosed,
+    HoldExpired,
+    HoldLine,
+    HoldReceipt,
+    HoldState,
+    UnknownHold,
+)
 from stockkeeper.service import Inventory
 
 __all__ = [
@@ -35,6 +44,12 @@ __all__ = [
     "Change",
     "FieldError",
     "Forbidden",
+    "Hold",
+    "HoldClosed",
+    "HoldExpired",
+    "HoldLine",
+    "HoldReceipt",
+    "HoldState",
     "IdempotencyKeyReused",
     "InsufficientStock",
     "InvalidRequest",
@@ -49,5 +64,6 @@ __all__ = [
     "StockkeeperError",
     "Unauthenticated",
     "Unavailable",
+    "UnknownHold",
     "UnknownSku",
 ]

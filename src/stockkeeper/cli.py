@@ -402,7 +402,7 @@ def bench_holds(
 
     Starts --servers `stockkeeper serve` processes on a fresh schema of --database and a private
     redis-server. Needs PostgreSQL and redis-server. On a 2-core machine the defaults take about
-    30 s, --quick about 8 s, with the servers' start and stop and the last TTL."""
+    15 s, --quick about 6 s, with the servers' start and stop and the last TTL."""
 
     async def scenario(cluster: Any) -> tuple[Any, str]:
         from stockkeeper.bench.holds import default_sku, report, run_holds
