@@ -1,10 +1,13 @@
 """Holds across real server processes sharing one PostgreSQL and one Redis: the last units held
 once over 4 servers (a naive check-then-insert over-reserves under the same load), every
-server serving `held` and `available` within 100 ms, and `bench holds`' checkout storm."""
+server serving `held` and `available` within 100 ms, an expiry too, and `bench holds`'
+checkout storm."""
 
 from __future__ import annotations
 
 import asyncio
+import time
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -21,6 +24,7 @@ STOCK = 20
 ATTEMPTS = 1_000
 CONCURRENCY = 100
 VISIBILITY_S = 0.1
+EXPIRY_S_MAX = 1.0  # shared/API.md: an expiry is recorded within 1 s of expires_at
 
 
 def http_hold(client: Client, cluster: Cluster, sku: str) -> Any:
@@ -96,6 +100,43 @@ async def test_naive_check_then_insert_over_reserves_under_the_same_load(cluster
     finally:
         await pool.close()
     assert outcomes[OK] > STOCK, f"expected the naive design to over-reserve, got {outcomes}"
+
+
+async def test_an_expiry_is_served_by_every_server_within_100_ms_of_its_record(
+    cluster: Cluster,
+) -> None:
+    """No request needs the stock, so the expirer records the expiry; from 100 ms after the
+    recorded change every server serves the stock as available again, at its version: an
+    expiry is a change like any other, pushed by its writer and carried by every tailer."""
+    sku = "HOLD-EXPIRY-SEEN-1"
+    async with Client(8) as client:
+        await put_stock(client, cluster, sku, 5)
+        body = {"lines": [{"sku": sku, "quantity": 3}], "ttl_s": 1}
+        created = await client.call(
+            "POST", f"{cluster.urls[0]}/v1/holds", cluster.clerk_token, json=body
+        )
+        assert created.status == 201, created.body
+        await asyncio.sleep(VISIBILITY_S)
+        assert await served(client, cluster, sku) == [(3, 2, 2)] * len(cluster.urls)
+        deadline_s = time.monotonic() + 1 + 2 * EXPIRY_S_MAX
+        while (entries := await full_audit(client, cluster, sku))[-1]["reason"] != "expire":
+            assert time.monotonic() < deadline_s, "the expiry was never recorded"
+            await asyncio.sleep(0.01)
+        expired = entries[-1]
+        recorded_s = datetime.fromisoformat(expired["at"]).timestamp()
+        await asyncio.sleep(max(0.0, recorded_s + VISIBILITY_S - time.time()))
+        want = (0, 5, expired["version"])
+        assert await served(client, cluster, sku) == [want] * len(cluster.urls)
+
+
+async def served(client: Client, cluster: Cluster, sku: str) -> list[tuple[int, int, int]]:
+    """(held, available, version) as each server serves `sku` now."""
+    answers = []
+    for url in cluster.urls:
+        answer = await client.call("GET", f"{url}/v1/items/{sku}", cluster.clerk_token)
+        assert answer.status == 200, answer.body
+        answers.append((answer.body["held"], answer.body["available"], answer.body["version"]))
+    return answers
 
 
 async def test_a_checkout_storm_sells_or_gives_back_every_unit(cluster: Cluster) -> None:
