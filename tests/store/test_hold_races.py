@@ -204,7 +204,7 @@ async def test_a_hold_ends_once_when_a_release_races_another_end(
 
 @pytest.mark.parametrize("naive", [False, True], ids=["clock-after-lock", "naive-clock-before"])
 async def test_a_new_holds_ttl_runs_from_when_it_won_the_items_lock(
-    inventories: Callable[..., Awaitable[Inventory]], naive: bool
+    inventories: Callable[..., Awaitable[Inventory]], postgres_url: str, naive: bool
 ) -> None:
     """A release holds A's row at its last failpoint; a new hold of A on another server waits
     for the row. Its ttl_s must start once it has the row: a shopper's hold is never shorter
@@ -216,6 +216,7 @@ async def test_a_new_holds_ttl_runs_from_when_it_won_the_items_lock(
         releasing = asyncio.create_task(first_server.release(target, user=USER))
         await locked.reached()
         holding = asyncio.create_task(second_server.hold([OrderLine("A", 2)], 60, user=USER))
+        await waits_for_a_row_lock(postgres_url)  # so its wait is at least the next BLOCKED_S
         blocked = await still_blocked(holding)
         row_free_at = datetime.now(UTC)
         locked.release()
