@@ -277,6 +277,11 @@ class TrustsEveryPrimary:
         raise AssertionError("never asked: nothing is fenced")
 
 
+# Forcing the loss can miss (the replica has no v1 either after its failover, seen once in
+# CI): then there is no scenario to judge, and it is set up again on a new cluster.
+LOSS_ATTEMPTS = 3
+
+
 @pytest.mark.parametrize("kind", ["coherent", "naive"])
 async def test_a_write_lost_in_a_failover_never_brings_an_older_value_back(
     store: Store, kind: str
@@ -285,39 +290,55 @@ async def test_a_write_lost_in_a_failover_never_brings_an_older_value_back(
     primary acknowledges v2, then the primary dies and the thawed replica, holding v1, is
     promoted.
     Fenced, v2's reader never sees v1: the promoted primary's keys go before it serves."""
-    with running_redis_cluster() as cluster:
-        ledger = store if kind == "coherent" else TrustsEveryPrimary()
-        seed = connect(Endpoint.parse(cluster.seed_url))
-        client = RedisClient(seed, connect, ledger, "sk:lost:*")  # type: ignore[arg-type]
-        try:
-            primary = cluster.primaries()[0]
-            (replica,) = cluster.replicas_of(primary)
-            key = key_on(cluster, primary).replace("sk:test:", "sk:lost:")
-            await client.call("SET", key, "v1")
-            assert await replicated(primary)
-            os.kill(replica.process.pid, signal.SIGSTOP)
+    for _ in range(LOSS_ATTEMPTS):
+        with running_redis_cluster() as cluster:
+            ledger = store if kind == "coherent" else TrustsEveryPrimary()
+            seed = connect(Endpoint.parse(cluster.seed_url))
+            client = RedisClient(seed, connect, ledger, "sk:lost:*")  # type: ignore[arg-type]
             try:
-                # Cut the link too: a frozen process's kernel would still take in the stream
-                # (none to cut if the link had dropped already: the write is lost all the same).
-                cli(primary, "CLIENT", "KILL", "TYPE", "replica")
-                await client.call("SET", key, "v2")
-                assert await client.call("GET", key) == b"v2"  # served: a reader saw v2
-                cluster.kill(primary)
+                key = await _lose_v2(cluster, client)
+                if key is None:
+                    continue
+                expect(kind, b"v1" not in await _answers_until_served(client, key))
+                return
             finally:
-                os.kill(replica.process.pid, signal.SIGCONT)
-            cluster.wait_for_failover_of(primary)
-            assert cli(replica, "GET", key) == "v1", "the write was not lost: no scenario"
-            answers: list[object] = []
+                await client.close()
+    pytest.fail(f"the write was not lost in {LOSS_ATTEMPTS} attempts: no scenario")
 
-            async def served() -> bool:
-                try:
-                    answers.append(await client.call("GET", key))
-                except CacheUnavailable as error:
-                    answers.append(str(error))
-                    return False
-                return True
 
-            assert await eventually(served, timeout_s=15)
-            expect(kind, b"v1" not in answers)
-        finally:
-            await client.close()
+async def _answers_until_served(client: RedisClient, key: str) -> list[object]:
+    """Read `key` until a read is answered (a refusal in between is an answer too)."""
+    answers: list[object] = []
+
+    async def served() -> bool:
+        try:
+            answers.append(await client.call("GET", key))
+        except CacheUnavailable as error:
+            answers.append(str(error))
+            return False
+        return True
+
+    assert await eventually(served, timeout_s=15)
+    return answers
+
+
+async def _lose_v2(cluster: RedisCluster, client: RedisClient) -> str | None:
+    """Write v1, then v2 that only the primary takes, then kill it: the key, once its replica,
+    holding v1, is promoted; None if the promoted replica does not hold v1."""
+    primary = cluster.primaries()[0]
+    (replica,) = cluster.replicas_of(primary)
+    key = key_on(cluster, primary).replace("sk:test:", "sk:lost:")
+    await client.call("SET", key, "v1")
+    assert await replicated(primary)
+    os.kill(replica.process.pid, signal.SIGSTOP)
+    try:
+        # Cut the link too: a frozen process's kernel would still take in the stream
+        # (none to cut if the link had dropped already: the write is lost all the same).
+        cli(primary, "CLIENT", "KILL", "TYPE", "replica")
+        await client.call("SET", key, "v2")
+        assert await client.call("GET", key) == b"v2"  # served: a reader saw v2
+        cluster.kill(primary)
+    finally:
+        os.kill(replica.process.pid, signal.SIGCONT)
+    cluster.wait_for_failover_of(primary)
+    return key if cli(replica, "GET", key) == "v1" else None
