@@ -29,7 +29,7 @@ from stockkeeper.service import Inventory
 from stockkeeper.store.expiry import expire_batch
 from stockkeeper.store.hold_writes import apply_hold_write
 from stockkeeper.store.postgres import PostgresStore, _PgStatements, _PgTx
-from stockkeeper.store.sql_tx import HoldRow, SetAside
+from stockkeeper.store.sql_tx import HoldRow
 from stockkeeper.store.writes import apply_write
 from tests.holds import held
 from tests.store.test_hold_writes import USER, make_overdue, recorded_state
@@ -65,9 +65,14 @@ class _ClockBeforeLock(_PgTx):
 class _HoldClockBeforeItemLock(_PgTx):
     """Starts a new hold's ttl_s when it asked for the item's row, not when it got it."""
 
-    async def set_aside_line(self, sku: str, quantity: int) -> SetAside:
-        asked_at = await self.now()
-        return (await super().set_aside_line(sku, quantity))._replace(now=asked_at)
+    _asked_at: datetime | None = None
+
+    async def set_aside(self, sku: str, quantity: int) -> Item | None:
+        self._asked_at = await super().now()
+        return await super().set_aside(sku, quantity)
+
+    async def now(self) -> datetime:
+        return self._asked_at if self._asked_at is not None else await super().now()
 
 
 class _ExpirerWithoutLocks(_PgTx):
@@ -202,20 +207,30 @@ async def test_a_hold_ends_once_when_a_release_races_another_end(
     await assert_audit_replays(first_server, "A")
 
 
-@pytest.mark.parametrize("naive", [False, True], ids=["clock-after-lock", "naive-clock-before"])
+@pytest.mark.parametrize(
+    ("naive", "key"),
+    [(False, None), (False, "k"), (True, "k")],
+    ids=["clock-after-lock", "clock-after-lock-keyed", "naive-clock-before"],
+)
 async def test_a_new_holds_ttl_runs_from_when_it_won_the_items_lock(
-    inventories: Callable[..., Awaitable[Inventory]], postgres_url: str, naive: bool
+    inventories: Callable[..., Awaitable[Inventory]],
+    postgres_url: str,
+    naive: bool,
+    key: str | None,
 ) -> None:
     """A release holds A's row at its last failpoint; a new hold of A on another server waits
     for the row. Its ttl_s must start once it has the row: a shopper's hold is never shorter
-    than asked for because other checkouts queued on the item."""
+    than asked for because other checkouts queued on the item. Unkeyed, the product's hold is
+    one statement; keyed, a transaction (the naive variant's seam)."""
     first_server = await inventories()
     second_server = await inventories(_HoldClockBeforeItemLock if naive else None)
     (target,) = await stock_and_hold(first_server, 3)
     async with held("store.hold.before_commit") as locked:
         releasing = asyncio.create_task(first_server.release(target, user=USER))
         await locked.reached()
-        holding = asyncio.create_task(second_server.hold([OrderLine("A", 2)], 60, user=USER))
+        holding = asyncio.create_task(
+            second_server.hold([OrderLine("A", 2)], 60, user=USER, idempotency_key=key)
+        )
         await waits_for_a_row_lock(postgres_url)  # so its wait is at least the next BLOCKED_S
         blocked = await still_blocked(holding)
         row_free_at = datetime.now(UTC)

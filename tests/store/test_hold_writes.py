@@ -173,6 +173,7 @@ TAKERS: dict[str, TakeAll] = {
     "keyed-purchase": lambda inv: inv.decrement_stock("A", 10, user=USER, idempotency_key="k"),
     "order": lambda inv: inv.place_order([OrderLine("B", 1), OrderLine("A", 10)], user=USER),
     "hold": lambda inv: inv.hold([OrderLine("A", 10)], 60, user=USER),
+    "keyed-hold": lambda inv: inv.hold([OrderLine("A", 10)], 60, user=USER, idempotency_key="h"),
 }
 
 

@@ -15,7 +15,7 @@ from typing import NoReturn
 import orjson
 
 from stockkeeper import failpoints
-from stockkeeper.domain import InsufficientStock, Reason, Shortage, UnknownSku, Write
+from stockkeeper.domain import InsufficientStock, LineChange, Reason, Write
 from stockkeeper.holds import (
     ConfirmLine,
     Hold,
@@ -31,7 +31,7 @@ from stockkeeper.holds import (
 )
 from stockkeeper.store.expiry import expire_due_on
 from stockkeeper.store.sql_tx import Applied, HoldRow, SqlTx
-from stockkeeper.store.writes import ExpireFirst, lock_enough, replayed_answer
+from stockkeeper.store.writes import ExpireFirst, lock_enough, refuse, replayed_answer
 
 _ENDS = {
     HoldAction.CONFIRM: (HoldState.CONFIRMED, Reason.CONFIRM),
@@ -94,10 +94,12 @@ async def _set_aside(
     read once every item lock is held: ttl_s runs from there, not from before a lock wait."""
     if len(wanted) == 1:
         ((sku, quantity),) = wanted
-        taken = await tx.set_aside_line(sku, quantity)
-        if taken.item is None:
-            refuse_hold_line(sku, quantity, taken.available, taken.due and may_expire)
-        return [Applied(taken.item, 0, quantity)], taken.now
+        item = await tx.set_aside(sku, quantity)
+        now = await tx.now()
+        if item is None:
+            expire = may_expire and await tx.any_due([sku], now)
+            refuse_hold_line(sku, quantity, await tx.available(sku), expire)
+        return [Applied(item, 0, quantity)], now
     try:
         await lock_enough(tx, wanted)
     except InsufficientStock:
@@ -117,9 +119,7 @@ def refuse_hold_line(sku: str, quantity: int, available: int | None, expire: boo
     again expiring first, if an overdue hold on the SKU may hold what is missing."""
     if expire:
         raise ExpireFirst()
-    if available is None:
-        raise UnknownSku(sku)
-    raise InsufficientStock([Shortage(sku, quantity, available)], is_order=True)
+    refuse(LineChange(sku, -quantity), available, is_order=True)
 
 
 async def _act(tx: SqlTx, op: HoldWrite) -> HoldReceipt:

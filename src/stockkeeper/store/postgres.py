@@ -421,11 +421,7 @@ async def _hold_in_one_statement(
     )
     assert row is not None, "the statement returns exactly one row"
     if row["version"] is None:
-        available = row["seen"]
-        if available is not None and available >= line.quantity:
-            # Enough in the statement's snapshot, yet refused: a concurrent change won the row
-            # first, and the UPDATE re-checked its newer version. Say what is there now.
-            available = await _available_now(conn, line.sku)
+        available = await _refused_available(conn, line.sku, row["seen"], line.quantity)
         refuse_hold_line(line.sku, line.quantity, available, row["due"])
     change = Change(
         line.sku, 0, row["on_hand"], row["version"], row["audit_id"], line.quantity, row["held"]
@@ -434,7 +430,14 @@ async def _hold_in_one_statement(
     return HoldReceipt(Hold(op.hold_id, HoldState.ACTIVE, row["expires_at"], lines, (change,)))
 
 
-async def _available_now(conn: asyncpg.Connection, sku: str) -> int | None:
+async def _refused_available(
+    conn: asyncpg.Connection, sku: str, seen: int | None, wanted: int
+) -> int | None:
+    """What a refused one-statement write says is available: `seen`, in its snapshot, unless
+    that was enough, yet refused: a concurrent change won the row first, and the UPDATE
+    re-checked its newer version. Then what is there now."""
+    if seen is None or seen < wanted:
+        return seen
     value: int | None = await conn.fetchval("SELECT on_hand - held FROM items WHERE sku = $1", sku)
     return value
 
@@ -553,11 +556,11 @@ async def _adjust_in_one_statement(
         return Receipt((change,))
     if row["due"]:
         raise ExpireFirst()
-    available = row["seen"]
-    if available is not None and line.delta < 0 and available >= -line.delta:
-        # Enough in our snapshot, yet refused: a concurrent change won the row first, and the
-        # UPDATE re-checked its newer version. Say what is there now.
-        available = await _available_now(conn, line.sku)
+    seen = row["seen"]
+    # A restock is refused only over the cap: what is available does not change why.
+    available = (
+        seen if line.delta > 0 else await _refused_available(conn, line.sku, seen, -line.delta)
+    )
     refuse(line, available, is_order=False)
 
 

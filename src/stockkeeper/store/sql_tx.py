@@ -47,15 +47,6 @@ class Applied(NamedTuple):
     held_delta: int = 0
 
 
-class SetAside(NamedTuple):
-    """A one-line hold's conditional write: the item after it, or why it was refused."""
-
-    item: Item | None  # None: refused
-    available: int | None  # on a refusal, what was there (None: no such SKU)
-    due: bool  # on a refusal, whether an overdue hold still holds some of the SKU
-    now: datetime  # the database's clock after the row's lock was won (or not needed)
-
-
 class HoldRow(NamedTuple):
     id: str
     user: str
@@ -232,15 +223,6 @@ class SqlTx(ABC):
             quantity,
         )
         return _item(sku, row)
-
-    async def set_aside_line(self, sku: str, quantity: int) -> SetAside:
-        """set_aside for a one-line hold, with what its caller needs next either way; a dialect
-        may answer it in one statement."""
-        item = await self.set_aside(sku, quantity)
-        now = await self.now()
-        if item is not None:
-            return SetAside(item, None, False, now)
-        return SetAside(None, await self.available(sku), await self.any_due([sku], now), now)
 
     async def settle(self, sku: str, sold: int, unheld: int) -> Item:
         """A held line ends: `sold` leaves on_hand, `unheld` leaves held. The row is locked,
