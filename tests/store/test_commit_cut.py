@@ -20,8 +20,9 @@ import asyncpg
 import pytest
 
 from stockkeeper import failpoints
-from stockkeeper.domain import Receipt, Unavailable
+from stockkeeper.domain import OrderLine, Receipt, Unavailable
 from stockkeeper.faults.proxy import FaultProxy
+from stockkeeper.holds import HoldReceipt
 from stockkeeper.retry import RetryPolicy, retrying
 from tests.cache.test_read_source import proxied
 from tests.eventually import eventually
@@ -212,6 +213,12 @@ async def test_a_cut_during_commit_is_unavailable_and_a_keyed_retry_applies_it_o
     judge(kind, await state(direct), APPLIED_ONCE, APPLIED_TWICE)
 
 
+# A one-line hold without a key is one statement too: it changes version and held, not on_hand.
+HELD_ONCE: State = ((10, 2), [(1, 10), (2, 0)])
+HELD_TWICE: State = ((10, 3), [(1, 10), (2, 0), (3, 0)])
+
+
+@pytest.mark.parametrize("write", ["purchase", "hold"])
 @pytest.mark.parametrize(
     ("kind", "reached"),
     [
@@ -221,7 +228,11 @@ async def test_a_cut_during_commit_is_unavailable_and_a_keyed_retry_applies_it_o
     ],
 )
 async def test_a_cut_during_a_one_statement_purchase_is_reported_never_run_again(
-    pg_proxy: tuple[FaultProxy, str], direct: asyncpg.Connection, kind: str, reached: bool
+    pg_proxy: tuple[FaultProxy, str],
+    direct: asyncpg.Connection,
+    kind: str,
+    reached: bool,
+    write: str,
 ) -> None:
     """Forced: a purchase without a key is one statement that commits by itself; the
     connection is reset while it is in flight (sent after store.write.before_change), after the
@@ -233,7 +244,9 @@ async def test_a_cut_during_a_one_statement_purchase_is_reported_never_run_again
     proxy, url = pg_proxy
     async with dropping_inventory(url) as (inv, _):
 
-        def buy() -> Coroutine[Any, Any, Receipt]:
+        def buy() -> Coroutine[Any, Any, Receipt | HoldReceipt]:
+            if write == "hold":
+                return inv.hold([OrderLine(SKU, 1)], 60, user="test")
             return inv.decrement_stock(SKU, 1, user="test")
 
         if kind == "stockkeeper":
@@ -242,4 +255,5 @@ async def test_a_cut_during_a_one_statement_purchase_is_reported_never_run_again
         else:
             naive = retrying(buy, every_unavailable, RetryPolicy())
             await cut_at_commit(proxy, direct, naive, point=BEFORE_CHANGE, reached=reached)
-    judge(kind, await state(direct), APPLIED_ONCE if reached else UNTOUCHED, APPLIED_TWICE)
+    once_, twice = (HELD_ONCE, HELD_TWICE) if write == "hold" else (APPLIED_ONCE, APPLIED_TWICE)
+    judge(kind, await state(direct), once_ if reached else UNTOUCHED, twice)

@@ -744,6 +744,7 @@ class PostgresStore:
     async def write_hold(self, op: HoldWrite) -> HoldReceipt:
         one_line = op.lines is not None and len(op.lines) == 1
         if op.action is HoldAction.CREATE and op.idempotency_key is None and one_line:
+            await failpoints.hit("store.write.before_change")
             try:
                 return await self._run(
                     lambda conn: _hold_in_one_statement(conn, op, self._lock_timeout),
