@@ -267,6 +267,13 @@ async def test_get_item_min_version(api: Api, min_version: int) -> None:
     assert response.headers["etag"] == f'"{item["version"]}"'
 
 
+async def test_an_unknown_query_parameter_is_ignored(api: Api) -> None:
+    """README, "Where this differs": a cache-busting `?_=…` does not break a read."""
+    await seed(api, {"A-1": 4})
+    response = await send(api, get("/v1/items/A-1?_=1733140000&min_version=1"))
+    assert ok(response) == item_json("A-1", 4, 1)
+
+
 async def test_get_items_in_the_requests_order_with_the_unknown(api: Api) -> None:
     await seed(api, {"A-1": 4, "B-2": 0, "C-3": 7})
     ok(await send(api, purchase("A-1", 1)))

@@ -18,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import asyncpg
+
 from stockkeeper.bench.cluster import STOCKKEEPER
 from stockkeeper.store.postgres import PostgresStore
 from stockkeeper.store.protocol import HeldDrift
@@ -61,6 +63,7 @@ class StressResult:
     history: Path | None = None  # written when the run failed
     # `held` against the sum of the open holds' lines, recomputed after the run settled
     held_drift: list[HeldDrift] = dataclasses.field(default_factory=list)
+    holds_in_database: int = 0  # what the drift check saw: it must see the run's holds
 
     @property
     def ok(self) -> bool:
@@ -107,22 +110,35 @@ async def run_stress(
                 say(f"  {elapsed_s:5.0f} s  {ops:>9,} operations  {len(injector.fired)} faults")
 
         report = await verify(verify_options, progress, faults_beside)
-        drift = await held_drift(cluster.database_url)
-    result = StressResult(options, report, faults, injector.fired, injector.skipped)
-    result.held_drift = drift
+        drift, holds_seen = await held_drift(cluster.database_url)
+    result = StressResult(
+        options,
+        report,
+        faults,
+        injector.fired,
+        injector.skipped,
+        held_drift=drift,
+        holds_in_database=holds_seen,
+    )
     if not result.ok:
         result.history = write_history(result)
     return result
 
 
-async def held_drift(database_url: str) -> list[HeldDrift]:
+async def held_drift(database_url: str) -> tuple[list[HeldDrift], int]:
     """Medusa's drift (#15397): every item's `held` recomputed from the open holds, straight
-    from the database once the run has settled."""
+    from the database once the run has settled; and how many holds that database has, so an
+    empty answer from the wrong database cannot pass for no drift."""
     store = await PostgresStore.connect(database_url)
     try:
-        return await store.held_drift()
+        drift = await store.held_drift()
     finally:
         await store.close()
+    conn = await asyncpg.connect(database_url)
+    try:
+        return drift, int(await conn.fetchval("SELECT count(*) FROM holds"))
+    finally:
+        await conn.close()
 
 
 def write_history(result: StressResult) -> Path:

@@ -45,6 +45,7 @@ async def test_a_seeded_stress_run_under_every_fault_kind_breaks_no_rule(tmp_pat
     assert result.ok
     assert result.held_drift == []
     assert result.report.holds, "the run held stock"
+    assert result.holds_in_database >= len(result.report.holds), "the drift check saw them"
     assert len(result.report.ops) > 2_000
     answered = [op for op in result.report.ops if op.version is not None]
     assert len(answered) > len(result.report.ops) / 2, "most operations got an answer"
